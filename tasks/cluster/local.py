@@ -1,0 +1,34 @@
+"""`local` backend: a LocalCluster inside the task, sized by the plan."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster
+
+from tasks.cluster import ClusterPlan
+
+
+@contextmanager
+def connect(config: dict[str, Any], plan: ClusterPlan) -> Iterator[Client]:
+    # Airflow 3 task processes block the metadata DB for children; spawned worker
+    # processes inherit that and die on import ("Nanny failed to start"). Fork avoids it.
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        cluster = LocalCluster(
+            n_workers=plan.workers,
+            threads_per_worker=plan.threads_per_worker,
+            memory_limit=plan.memory_limit,
+            processes=config.get("processes", True),
+            dashboard_address=config.get("dashboard_address", ":0"),
+            local_directory=config.get("local_directory") or tempfile.gettempdir(),
+            host="127.0.0.1",
+        )
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()

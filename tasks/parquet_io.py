@@ -1,0 +1,134 @@
+"""Parquet files of the lake: one writer and one reader that every step uses.
+
+The writer hashes the bytes as it writes them (sha256 for the manifest without a
+second read) and applies Parquet Modular Encryption when a ``crypto`` object is
+given; the reader decrypts with the same object. ``crypto`` is anything with
+``encryption_properties(columns) -> pyarrow FileEncryptionProperties``,
+``decryption_properties() -> FileDecryptionProperties`` and ``key_id`` (see
+``tasks.crypto``). It is built inside each writing task because PME properties
+cannot be pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.lake import FileEntry
+
+ROW_GROUP_ROWS = 128 * 1024  # ~ a few MB per row group: streamable by the training reader
+COMPRESSION = "zstd"
+
+
+class ParquetCrypto(Protocol):
+    key_id: str
+
+    def encryption_properties(self, columns: list[str]) -> Any: ...
+
+    def decryption_properties(self) -> Any: ...
+
+
+class ParquetReadError(RuntimeError):
+    """A lake file cannot be read; the message names the file."""
+
+
+class _HashingWriter:
+    """A file-like sink that sha256-hashes and counts what passes through it."""
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        b = bytes(data)
+        self.sha.update(b)
+        self.size += len(b)
+        return self.fh.write(b)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def write_table(
+    url: str,
+    table: pa.Table,
+    rel_path: str,
+    group: str = "",
+    crypto: ParquetCrypto | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> FileEntry:
+    """Write `table` to `url` (any fsspec URL) and return its manifest entry."""
+    fs, path = fsspec.core.url_to_fs(url)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    kwargs: dict[str, Any] = {"compression": COMPRESSION}
+    if crypto is not None:
+        kwargs["encryption_properties"] = crypto.encryption_properties(table.column_names)
+    with fs.open(path, "wb") as fh:
+        sink = _HashingWriter(fh)
+        with pq.ParquetWriter(sink, table.schema, **kwargs) as writer:
+            writer.write_table(table, row_group_size=row_group_rows)
+    return FileEntry(
+        path=rel_path,
+        rows=table.num_rows,
+        bytes=sink.size,
+        sha256=sink.sha.hexdigest(),
+        group=group,
+        key_id=crypto.key_id if crypto is not None else "",
+    )
+
+
+def open_parquet(url: str, crypto: ParquetCrypto | None = None) -> pq.ParquetFile:
+    """Open a lake file for reading (decrypting when `crypto` is given)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fh = fs.open(path, "rb")
+        props = crypto.decryption_properties() if crypto is not None else None
+        return pq.ParquetFile(fh, decryption_properties=props)
+    except FileNotFoundError as exc:
+        raise ParquetReadError(f"{url}: file not found") from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
+
+
+def read_table(url: str, crypto: ParquetCrypto | None = None, columns: list[str] | None = None) -> pa.Table:
+    pf = open_parquet(url, crypto)
+    try:
+        return pf.read(columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
+
+
+def iter_row_groups(
+    url: str, crypto: ParquetCrypto | None = None, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    pf = open_parquet(url, crypto)
+    for i in range(pf.num_row_groups):
+        try:
+            yield pf.read_row_group(i, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise ParquetReadError(f"{url}: row group {i}: {exc}") from exc
+
+
+def sha256_of(url: str, chunk: int = 8 << 20) -> str:
+    fs, path = fsspec.core.url_to_fs(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)

@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests run against real engines: real Dask clusters on loopback,
+real Airflow databases, real servers; nothing that can run here is mocked."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+for p in (REPO, REPO / "plugins"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+
+@pytest.fixture
+def lf_home(tmp_path, monkeypatch) -> Path:
+    """A private LEPTONFLOW_HOME (lake, keyring, history DB) for one test."""
+    home = tmp_path / "lfhome"
+    home.mkdir()
+    monkeypatch.setenv("LEPTONFLOW_HOME", str(home))
+    monkeypatch.setenv("LEPTONFLOW_LAKE", str(home / "lake"))
+    monkeypatch.setenv("LEPTONFLOW_KEYRING", str(home / "keys" / "keyring.json"))
+    monkeypatch.setenv("LEPTONFLOW_HISTORY_URL", f"sqlite:///{home / 'history.sqlite'}")
+    monkeypatch.setenv("LEPTONFLOW_ARTIFACTS", str(home / "artifacts"))
+    monkeypatch.delenv("LEPTONFLOW_KEYRING_JSON", raising=False)
+    return home
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PYTHONPATH", str(REPO))
