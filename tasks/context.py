@@ -49,7 +49,9 @@ class StepContext:
         self.history_url = self.history_url or os.environ.get(
             "LEPTONFLOW_HISTORY_URL", f"sqlite:///{home / 'history.sqlite'}"
         )
-        self.keyring_path = self.keyring_path or os.environ.get("LEPTONFLOW_KEYRING", str(home / "keys" / "keyring.json"))
+        self.keyring_path = self.keyring_path or os.environ.get(
+            "LEPTONFLOW_KEYRING", str(home / "keys" / "keyring.json")
+        )
         self.artifacts_url = self.artifacts_url or os.environ.get("LEPTONFLOW_ARTIFACTS", str(home / "artifacts"))
         if self.interval_start is None:
             self.interval_start = datetime.fromisoformat(self.ds).replace(tzinfo=UTC)
