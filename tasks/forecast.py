@@ -1,0 +1,321 @@
+"""Resource forecasts: how big a cluster a step needs, from its run history (scikit-learn).
+
+Three models, each small enough to fit on a handful of runs:
+
+- **Wall time** ``wall = a + b * bytes/(workers*threads) + c * bytes + d * workers``: an
+  Amdahl-style model (fixed overhead, parallel work, serial work, per-worker coordination),
+  fitted by ``LinearRegression(positive=True)`` weighted by ``1/wall^2`` so it minimises
+  *relative* error. Non-negative coefficients keep it monotone and sane when extrapolating
+  to cluster sizes never tried. The upper bound multiplies by a quantile of the
+  leave-one-out actual/predicted ratios (a split-conformal style bound: honest with few runs).
+- **Peak memory per worker** ``mem = e + f * bytes/workers + g * bytes/(workers*threads)``,
+  same fitting and upper bound.
+- **Input volume** of the next interval: ``HuberRegressor`` on log bytes with a linear trend and
+  day-of-week terms (robust to a one-off spike), so a cluster can be warmed before data lands.
+
+A plan is the smallest worker count in ``[min_workers, max_workers]`` whose *upper* wall time
+meets ``deadline_s`` and whose upper peak memory fits ``memory_per_worker``. With fewer than
+``min_history`` successful runs the plan uses the documented heuristic below and says so
+(``source="heuristic"``, ``reason``).
+
+Heuristic (no or little history): each worker thread processes ``HEURISTIC_BYTES_PER_S``
+bytes of Parquet input per second after ``HEURISTIC_OVERHEAD_S`` of start-up, and needs
+``HEURISTIC_MEMORY_FACTOR`` x the size of one partition in memory (a Parquet partition
+expands several-fold once decoded into pandas and copied by the cleaning steps) plus
+``HEURISTIC_BASE_MEMORY`` for the worker process itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import HuberRegressor, LinearRegression
+
+from tasks import history
+from tasks.cluster import ClusterPlan
+
+log = logging.getLogger(__name__)
+
+HEURISTIC_BYTES_PER_S = 16 << 20  # per worker thread, Parquet bytes in
+HEURISTIC_OVERHEAD_S = 10.0
+HEURISTIC_MEMORY_FACTOR = 6.0
+HEURISTIC_BASE_MEMORY = 256 << 20
+DEFAULT_PARTITION_BYTES = 64 << 20
+MIN_HISTORY = 5
+QUANTILE = 0.9
+
+
+def _wall_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray) -> np.ndarray:
+    gb = input_bytes / 1e9  # scaled so coefficients are of similar magnitude
+    return np.column_stack([gb / (workers * threads), gb, workers])
+
+
+def _mem_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray) -> np.ndarray:
+    gb = input_bytes / 1e9
+    return np.column_stack([gb / workers, gb / (workers * threads)])
+
+
+class _RatioModel:
+    """Non-negative linear model fitted for relative error, with a leave-one-out ratio quantile."""
+
+    def __init__(self, quantile: float):
+        self.quantile = quantile
+        self.model = LinearRegression(positive=True)
+        self.upper_ratio = 1.0
+        self.loo_ape: list[float] = []
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _RatioModel:
+        w = 1.0 / np.maximum(y, 1e-9) ** 2
+        self.model.fit(x, y, sample_weight=w)
+        ratios: list[float] = []
+        if len(y) >= 3:
+            for i in range(len(y)):  # leave-one-out: the bound is judged on runs it did not see
+                keep = np.arange(len(y)) != i
+                m = LinearRegression(positive=True).fit(x[keep], y[keep], sample_weight=w[keep])
+                pred = max(float(m.predict(x[i : i + 1])[0]), 1e-9)
+                ratios.append(float(y[i]) / pred)
+        else:
+            ratios = list(y / np.maximum(self.model.predict(x), 1e-9))
+        self.loo_ape = [abs(1.0 / r - 1.0) for r in ratios]
+        # the finite-sample conformal quantile index: ceil((n+1) q) / n
+        n = len(ratios)
+        level = min(1.0, math.ceil((n + 1) * self.quantile) / n)
+        self.upper_ratio = max(1.0, float(np.quantile(ratios, level)))
+        return self
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pred = np.maximum(self.model.predict(x), 1e-6)
+        return pred, pred * self.upper_ratio
+
+
+@dataclass
+class Forecaster:
+    """Wall time and peak memory per worker for a stage, fitted on its successful runs."""
+
+    wall: _RatioModel | None = None
+    mem: _RatioModel | None = None
+    n_runs: int = 0
+
+    @classmethod
+    def fit(cls, rows: list[dict[str, Any]], quantile: float = QUANTILE) -> Forecaster:
+        ok = [r for r in rows if r.get("success") and r["wall_s"] > 0 and r["input_bytes"] > 0 and r["workers"] > 0]
+        f = cls(n_runs=len(ok))
+        if not ok:
+            return f
+        b = np.array([r["input_bytes"] for r in ok], float)
+        w = np.array([r["workers"] for r in ok], float)
+        t = np.array([max(r["threads"] or 1, 1) for r in ok], float)
+        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t), np.array([r["wall_s"] for r in ok], float))
+        with_mem = [i for i, r in enumerate(ok) if r.get("peak_memory_per_worker", 0) > 0]
+        if len(with_mem) >= 3:
+            idx = np.array(with_mem)
+            mem_y = np.array([ok[i]["peak_memory_per_worker"] for i in with_mem], float)
+            f.mem = _RatioModel(quantile).fit(_mem_features(b[idx], w[idx], t[idx]), mem_y)
+        return f
+
+    def predict(self, input_bytes: float, workers: np.ndarray | list[int], threads: int) -> dict[str, np.ndarray]:
+        if self.wall is None:
+            raise ValueError("forecaster has no fitted wall-time model (no successful runs in history)")
+        w = np.asarray(workers, float)
+        b = np.full_like(w, float(input_bytes))
+        t = np.full_like(w, float(threads))
+        wall, wall_up = self.wall.predict(_wall_features(b, w, t))
+        out = {"wall_s": wall, "wall_s_upper": wall_up}
+        if self.mem is not None:
+            mem, mem_up = self.mem.predict(_mem_features(b, w, t))
+            out.update(peak_memory=mem, peak_memory_upper=mem_up)
+        return out
+
+
+def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int,
+                       partition_bytes: float) -> dict[str, np.ndarray]:
+    """The no-history estimate described in the module docstring (upper = 1.5 x point estimate)."""
+    w = np.asarray(workers, float)
+    wall = HEURISTIC_OVERHEAD_S + input_bytes / (HEURISTIC_BYTES_PER_S * w * threads)
+    mem = np.full_like(w, HEURISTIC_BASE_MEMORY + HEURISTIC_MEMORY_FACTOR * partition_bytes * threads)
+    return {"wall_s": wall, "wall_s_upper": 1.5 * wall, "peak_memory": mem, "peak_memory_upper": mem}
+
+
+def make_plan(
+    rows: list[dict[str, Any]],
+    input_bytes: float,
+    *,
+    deadline_s: float,
+    min_workers: int = 1,
+    max_workers: int = 8,
+    threads_per_worker: int = 1,
+    memory_per_worker: int = 2 << 30,
+    partition_bytes: float = DEFAULT_PARTITION_BYTES,
+    min_history: int = MIN_HISTORY,
+    quantile: float = QUANTILE,
+) -> ClusterPlan:
+    """Smallest cluster meeting `deadline_s` (at the upper quantile) and fitting in memory."""
+    if min_workers < 1 or max_workers < min_workers:
+        raise ValueError(f"plan: need 1 <= min_workers <= max_workers, got {min_workers}..{max_workers}")
+    if deadline_s <= 0:
+        raise ValueError(f"plan: Param deadline_s must be > 0, got {deadline_s}")
+    if input_bytes < 0:
+        raise ValueError(f"plan: input_bytes must be >= 0, got {input_bytes}")
+    sizes = np.arange(min_workers, max_workers + 1)
+    f = Forecaster.fit(rows, quantile)
+    if f.n_runs >= min_history:
+        est = f.predict(input_bytes, sizes, threads_per_worker)
+        source = "forecast"
+        why = f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio:.2f})"
+        if "peak_memory" not in est:
+            h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes)
+            est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])
+            why += "; memory from heuristic (no peak-memory history)"
+    else:
+        est = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes)
+        source = "heuristic"
+        why = (f"only {f.n_runs} successful runs in history (< {min_history}): "
+               f"{HEURISTIC_BYTES_PER_S >> 20} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
+    fits_time = est["wall_s_upper"] <= deadline_s
+    fits_mem = est["peak_memory_upper"] <= memory_per_worker
+    ok = np.flatnonzero(fits_time & fits_mem)
+    if ok.size:
+        i = int(ok[0])
+        reason = f"smallest size meeting deadline {deadline_s:g}s at q{quantile:g} and {memory_per_worker} B/worker"
+    elif fits_mem.any():
+        i = int(np.flatnonzero(fits_mem)[np.argmin(est["wall_s_upper"][fits_mem])])
+        reason = (f"deadline {deadline_s:g}s cannot be met within {max_workers} workers "
+                  f"(best upper {est['wall_s_upper'][i]:.0f}s); using the fastest size that fits memory")
+    else:
+        i = len(sizes) - 1
+        reason = (f"peak memory per worker (upper {est['peak_memory_upper'][i]:.3g} B) exceeds "
+                  f"memory_per_worker {memory_per_worker} at every size; using the maximum ({max_workers})")
+    predicted = {k: round(float(v[i]), 3) for k, v in est.items()}
+    predicted["input_bytes"] = float(input_bytes)
+    return ClusterPlan(
+        workers=int(sizes[i]),
+        threads_per_worker=threads_per_worker,
+        memory_limit=int(memory_per_worker),
+        source=source,
+        reason=f"{reason}; {why}",
+        predicted=predicted,
+    )
+
+
+def forecast_volume(series: list[tuple[str, float]], target_ds: str) -> tuple[float, str]:
+    """Expected input bytes of interval `target_ds` from past (ds, bytes): trend + weekly seasonality."""
+    if not series:
+        raise ValueError(f"no past interval volumes to forecast {target_ds} from")
+    days = np.array([date.fromisoformat(d).toordinal() for d, _ in series], float)
+    y = np.log(np.maximum(np.array([v for _, v in series], float), 1.0))
+    target = float(date.fromisoformat(target_ds).toordinal())
+    if len(series) < 4:
+        return float(np.exp(y[-3:].mean())), f"mean of last {min(3, len(series))} intervals"
+    t0 = days.min()
+
+    def feats(d: np.ndarray) -> np.ndarray:
+        cols = [(d - t0) / 7.0]
+        if len(series) >= 14:  # two weeks: enough to estimate day-of-week effects
+            dow = (d.astype(int) % 7)[:, None] == np.arange(1, 7)[None, :]
+            cols.extend(dow.T.astype(float))
+        return np.column_stack(cols)
+
+    model = HuberRegressor(epsilon=1.35, alpha=1e-4, max_iter=500).fit(feats(days), y)
+    pred = float(np.exp(model.predict(feats(np.array([target])))[0]))
+    how = "trend + day-of-week" if len(series) >= 14 else "trend"
+    return pred, f"Huber {how} on {len(series)} intervals"
+
+
+# ---- step functions -----------------------------------------------------------------------------
+
+def _int_param(ctx: Any, name: str, default: int) -> int:
+    value = ctx.param(name, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Param {name} must be an integer, got {value!r}") from exc
+
+
+def _float_param(ctx: Any, name: str, default: float) -> float:
+    value = ctx.param(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Param {name} must be a number, got {value!r}") from exc
+
+
+def _raw_input(ctx: Any) -> tuple[float, int]:
+    lake = ctx.lake
+    files = lake.raw_files(ctx.dataset, ctx.ds)
+    return float(sum(lake.fs.size(p) for p in files)), len(files)
+
+
+def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume_note: str,
+               max_default: int, deadline_default: float, fixed_workers: int | None = None) -> ClusterPlan:
+    rows = history.runs(ctx.history_url, stage, ctx.dataset, success_only=True, limit=500)
+    partition_bytes = input_bytes / partitions if partitions else _float_param(
+        ctx, "partition_bytes", DEFAULT_PARTITION_BYTES)
+    plan = make_plan(
+        rows,
+        input_bytes,
+        deadline_s=_float_param(ctx, f"{stage}_deadline_s", _float_param(ctx, "deadline_s", deadline_default)),
+        min_workers=fixed_workers or _int_param(ctx, "min_workers", 1),
+        max_workers=fixed_workers or _int_param(ctx, "max_workers", int(ctx.cluster.get("max_workers", max_default))),
+        threads_per_worker=_int_param(ctx, "threads_per_worker", 1),
+        memory_per_worker=_int_param(ctx, "memory_per_worker", 2 << 30),
+        partition_bytes=partition_bytes,
+        min_history=_int_param(ctx, "min_history", MIN_HISTORY),
+        quantile=_float_param(ctx, "forecast_quantile", QUANTILE),
+    )
+    if volume_note:
+        plan.reason += f"; {volume_note}"
+    return plan
+
+
+def run_plan_clean(ctx: Any) -> dict[str, Any]:
+    """Plan the clean step's cluster for ctx's interval (raw input size, or forecast if not landed)."""
+    input_bytes, partitions = _raw_input(ctx)
+    note = ""
+    if not partitions:
+        series = [(d, v) for d, v in history.interval_volumes(ctx.history_url, "clean", ctx.dataset) if d < ctx.ds]
+        if series:
+            input_bytes, how = forecast_volume(series, ctx.ds)
+            note = f"raw data not landed yet: input forecast {input_bytes:.3g} B ({how})"
+        else:
+            note = "raw data not landed and no volume history: sized for empty input"
+    plan = plan_stage(ctx, "clean", input_bytes, partitions, note, max_default=8, deadline_default=3600)
+    history.record_plan(ctx.history_url, "clean", ctx.dataset, ctx.ds, plan.to_dict(), input_bytes, ctx.run_id)
+    log.info("plan_clean %s ds=%s: %d x %d threads, %s (%s)", ctx.dataset, ctx.ds, plan.workers,
+             plan.threads_per_worker, plan.predicted, plan.reason)
+    return {**plan.to_dict(), "stage": "clean", "input_bytes": input_bytes, "partitions": partitions}
+
+
+def run_plan_train(ctx: Any) -> dict[str, Any]:
+    """Plan training: processes (nproc) and device; input = the train split's bytes (else raw)."""
+    import torch  # lazy: only this step needs it
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    max_nproc = torch.cuda.device_count() if cuda else max(1, min(4, (os.cpu_count() or 1) // 2))
+    split = ctx.lake.manifest("split", ctx.dataset, ctx.ds)
+    if split is not None:
+        files = split.group_files("train")
+        input_bytes, partitions, note = float(sum(f.bytes for f in files)), len(files), "input = train split"
+    else:
+        input_bytes, partitions = _raw_input(ctx)
+        note = "no split manifest yet: input = raw files"
+    forced = ctx.param("train_nproc")
+    nproc = None
+    if forced not in (None, "", 0):
+        nproc = _int_param(ctx, "train_nproc", 1)
+        if nproc < 1:
+            raise ValueError(f"Param train_nproc must be >= 1, got {nproc}")
+    plan = plan_stage(ctx, "train", input_bytes, partitions, note, max_default=max_nproc, deadline_default=7200,
+                      fixed_workers=nproc)
+    if nproc:
+        plan.source, plan.reason = "param", f"Param train_nproc={nproc}; {plan.reason}"
+    history.record_plan(ctx.history_url, "train", ctx.dataset, ctx.ds, plan.to_dict(), input_bytes, ctx.run_id)
+    log.info("plan_train %s ds=%s: nproc=%d device=%s (%s)", ctx.dataset, ctx.ds, plan.workers, device, plan.reason)
+    return {**plan.to_dict(), "stage": "train", "nproc": plan.workers, "device": device,
+            "input_bytes": input_bytes, "partitions": partitions}

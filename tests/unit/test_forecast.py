@@ -1,0 +1,146 @@
+"""Forecasts fitted with scikit-learn on synthetic-but-physical histories, and the plan step functions."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import forecast, history
+from tasks.context import StepContext
+
+
+def amdahl(b, w, t=1, overhead=4.0, rate=2e8, serial=5e-10, per_worker=0.3):
+    """The 'true' cost of a run: overhead + parallel part + serial part + coordination."""
+    return overhead + b / (rate * w * t) + serial * b + per_worker * w
+
+
+def _history(n=30, seed=0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        b, w = float(rng.uniform(1e9, 2e10)), int(rng.integers(1, 17))
+        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1,
+                         wall_s=amdahl(b, w) * float(rng.lognormal(0, noise)),
+                         peak_memory_per_worker=(3e8 + 0.5 * b / w) * float(rng.lognormal(0, noise))))
+    return rows
+
+
+def test_forecaster_learns_scaling_and_bounds_it():
+    f = forecast.Forecaster.fit(_history())
+    sizes = np.array([1, 4, 16, 64])
+    est = f.predict(8e9, sizes, 1)
+    truth = amdahl(8e9, sizes)
+    assert np.all(np.abs(est["wall_s"] - truth) / truth < 0.15)  # including 64 workers, never seen in history
+    assert np.all(est["wall_s_upper"] >= est["wall_s"])
+    assert np.all(np.diff(est["wall_s"][:3]) < 0)  # more workers -> faster while the parallel part dominates
+    mem_truth = 3e8 + 0.5 * 8e9 / sizes
+    assert np.all(np.abs(est["peak_memory"] - mem_truth) / mem_truth < 0.15)
+    # the upper bound covers most fresh runs from the same process
+    fresh = _history(200, seed=1)
+    up = np.array([f.predict(r["input_bytes"], [r["workers"]], 1)["wall_s_upper"][0] for r in fresh])
+    coverage = np.mean([r["wall_s"] <= u for r, u in zip(fresh, up, strict=True)])
+    assert coverage >= 0.8
+
+
+def test_plan_is_smallest_size_meeting_deadline():
+    rows = _history()
+    plan = forecast.make_plan(rows, 1e10, deadline_s=40, max_workers=32, memory_per_worker=16 << 30)
+    assert plan.source == "forecast" and "30 runs" in plan.reason
+    f = forecast.Forecaster.fit(rows)
+    up = f.predict(1e10, [plan.workers - 1, plan.workers], 1)["wall_s_upper"]
+    assert up[1] <= 40 < up[0]
+    assert plan.predicted["wall_s_upper"] == pytest.approx(up[1], rel=1e-3)
+    # a tighter memory budget needs more workers than the deadline alone does
+    tight = forecast.make_plan(rows, 1e10, deadline_s=40, max_workers=32, memory_per_worker=600_000_000)
+    assert tight.workers > plan.workers and tight.predicted["peak_memory_upper"] <= 600_000_000
+
+
+def test_impossible_deadline_uses_fastest_size_and_says_so():
+    plan = forecast.make_plan(_history(), 1e10, deadline_s=1, max_workers=8, memory_per_worker=64 << 30)
+    assert plan.workers == 8 and "cannot be met" in plan.reason
+
+
+def test_heuristic_with_little_history():
+    plan = forecast.make_plan(_history(3), 4e9, deadline_s=120, max_workers=64, partition_bytes=64 << 20)
+    assert plan.source == "heuristic" and "only 3 successful runs" in plan.reason
+    need = forecast.HEURISTIC_OVERHEAD_S + 4e9 / (forecast.HEURISTIC_BYTES_PER_S * plan.workers)
+    assert 1.5 * need <= 120
+    assert 1.5 * (forecast.HEURISTIC_OVERHEAD_S + 4e9 / (forecast.HEURISTIC_BYTES_PER_S * (plan.workers - 1))) > 120
+
+
+def test_bad_plan_inputs_are_named():
+    with pytest.raises(ValueError, match="deadline_s"):
+        forecast.make_plan([], 1e9, deadline_s=0)
+    with pytest.raises(ValueError, match="min_workers"):
+        forecast.make_plan([], 1e9, deadline_s=10, min_workers=5, max_workers=2)
+
+
+def _series(n, start=date(2026, 9, 1), spike_at=None):
+    out = []
+    for i in range(n):
+        d = start + timedelta(days=i)
+        v = 1e9 * (1 + 0.01 * i) * (0.5 if d.weekday() >= 5 else 1.0)
+        if i == spike_at:
+            v *= 6
+        out.append((d.isoformat(), v))
+    return out
+
+
+def test_volume_forecast_trend_and_weekly_season_robust_to_spike():
+    s = _series(29, spike_at=20)
+    for k in range(1, 8):  # predict each of the next 7 days
+        d = date(2026, 9, 1) + timedelta(days=28 + k)
+        truth = 1e9 * (1 + 0.01 * (28 + k)) * (0.5 if d.weekday() >= 5 else 1.0)
+        pred, how = forecast.forecast_volume(s, d.isoformat())
+        assert abs(pred - truth) / truth < 0.1, (d, pred, truth)
+    assert "day-of-week" in how
+    with pytest.raises(ValueError, match="no past interval"):
+        forecast.forecast_volume([], "2026-11-01")
+
+
+def _write_raw(ctx, n_files=2, rows=5000):
+    d = ctx.lake.interval_dir("raw", ctx.dataset, ctx.ds)
+    ctx.lake.fs.makedirs(d, exist_ok=True)
+    for i in range(n_files):
+        pq.write_table(pa.table({"x": np.arange(rows) + i}), f"{d}/part-{i}.parquet")
+    return sum(ctx.lake.fs.size(p) for p in ctx.lake.raw_files(ctx.dataset, ctx.ds))
+
+
+def test_run_plan_clean_sizes_from_raw_and_records_plan(lf_home):
+    ctx = StepContext(dataset="events", ds="2026-11-10", params={"deadline_s": 600, "max_workers": 4})
+    size = _write_raw(ctx)
+    out = forecast.run_plan_clean(ctx)
+    assert out["input_bytes"] == size and out["partitions"] == 2 and out["source"] == "heuristic"
+    assert 1 <= out["workers"] <= 4
+    (row,) = history.plan_rows(ctx.history_url, "clean", "events")
+    assert row["workers"] == out["workers"] and row["input_bytes"] == size
+    history.dispose()
+
+
+def test_run_plan_clean_forecasts_volume_before_data_lands(lf_home):
+    ctx = StepContext(dataset="events", ds="2026-11-30", params={"deadline_s": 60, "max_workers": 16})
+    for ds, v in _series(29, start=date(2026, 11, 1)):
+        history.record_run(ctx.history_url, stage="clean", dataset="events", ds=ds, wall_s=5.0, success=True,
+                           input_bytes=v, workers=2, threads=1)
+    out = forecast.run_plan_clean(ctx)
+    assert "not landed" in out["reason"] and out["partitions"] == 0
+    assert out["input_bytes"] == pytest.approx(1e9 * 1.29, rel=0.1)  # 2026-11-30 is a Monday
+    history.dispose()
+
+
+def test_run_plan_train_device_and_nproc(lf_home):
+    import torch
+
+    ctx = StepContext(dataset="events", ds="2026-11-10", params={"train_nproc": 3})
+    _write_raw(ctx, n_files=1)
+    out = forecast.run_plan_train(ctx)
+    assert out["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert out["nproc"] == out["workers"] == 3 and out["source"] == "param"
+    assert "no split manifest" in out["reason"]
+    with pytest.raises(ValueError, match="train_nproc"):
+        forecast.run_plan_train(StepContext(dataset="events", ds="2026-11-10", params={"train_nproc": "x"}))
+    history.dispose()
