@@ -9,12 +9,19 @@ first match wins:
    first use with mode 0600: the embedded default.
 
 Document format: ``{"active": "<id>", "master_keys": {"<id>": "<b64>"},
-"revoked": ["<id>"], "signing_key": "<b64>"}``.
+"revoked": ["<id>"], "signing_key": "<b64>"}`` (optional ``"signing_key_id"``;
+when absent it is derived from the key, see :meth:`Keyring.signing_key_id`).
+
+Rotation (``python -m tasks rotate-keys``, :mod:`tasks.crypto`) adds a master key
+with :func:`add_master_key` and makes it active; old keys stay for reading until
+:func:`revoke` marks them revoked, after which any use names the key id in a
+:class:`KeyError_`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +43,7 @@ class Keyring:
     signing_key: bytes
     revoked: set[str] = field(default_factory=set)
     path: str = ""
+    signing_id: str = ""
 
     def __repr__(self) -> str:  # never print key bytes
         return f"Keyring(active={self.active!r}, key_ids={sorted(self.master_keys)}, path={self.path!r})"
@@ -47,14 +55,24 @@ class Keyring:
             raise KeyError_(f"master key {key_id!r} is not in the keyring {self.path or '(env)'}")
         return self.master_keys[key_id]
 
+    @property
+    def signing_key_id(self) -> str:
+        """A public id for the signing key (names it in signatures); derived one-way when not set."""
+        if self.signing_id:
+            return self.signing_id
+        return "sk-" + hashlib.sha256(b"leptonflow-signing-key-id\0" + self.signing_key).hexdigest()[:12]
+
     def to_doc(self) -> dict:
         enc = lambda b: base64.b64encode(b).decode()  # noqa: E731
-        return {
+        doc = {
             "active": self.active,
             "master_keys": {k: enc(v) for k, v in self.master_keys.items()},
             "revoked": sorted(self.revoked),
             "signing_key": enc(self.signing_key),
         }
+        if self.signing_id:
+            doc["signing_key_id"] = self.signing_id
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict, path: str = "") -> Keyring:
@@ -66,17 +84,25 @@ class Keyring:
                 signing_key=dec(doc["signing_key"]),
                 revoked=set(doc.get("revoked", [])),
                 path=path,
+                signing_id=str(doc.get("signing_key_id", "")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise KeyError_(f"keyring {path or '(env)'} is malformed: missing or bad field {exc}") from None
 
     def save(self, path: str | Path | None = None) -> None:
+        if not (path or self.path):
+            raise KeyError_("this keyring came from LEPTONFLOW_KEYRING_JSON: save it through its secrets backend")
         path = Path(path or self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if tmp.exists():  # a leftover of a crashed save may carry looser permissions
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(self.to_doc(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         os.chmod(path, 0o600)
 
@@ -86,20 +112,78 @@ def new_key() -> bytes:
 
 
 def generate(path: str | Path) -> Keyring:
-    kid = "mk-" + secrets.token_hex(4)
+    """Create a keyring file (0600). If another process wins the race, its keyring is used:
+    two tasks starting at once must never encrypt under two different keyrings."""
+    path = Path(path)
+    kid = new_key_id()
     ring = Keyring(active=kid, master_keys={kid: new_key()}, signing_key=new_key(), path=str(path))
-    ring.save(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.new")
+    ring.save(tmp)
+    try:
+        os.link(tmp, path)  # atomic create-if-absent
+    except FileExistsError:
+        log.info("keyring %s was created concurrently; using it", path)
+        return load(path, create=False, use_env=False)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ring.path = str(path)
     log.info("generated a new keyring at %s (active master key id %s)", path, kid)
     return ring
 
 
-def load(path: str | Path | None = None, create: bool = True) -> Keyring:
-    doc = os.environ.get("LEPTONFLOW_KEYRING_JSON")
+def new_key_id(ring: Keyring | None = None) -> str:
+    while True:
+        kid = "mk-" + secrets.token_hex(4)
+        if ring is None or kid not in ring.master_keys:
+            return kid
+
+
+def add_master_key(ring: Keyring, make_active: bool = True) -> str:
+    """Add a fresh master key (returns its id); new writes use it when `make_active`."""
+    kid = new_key_id(ring)
+    ring.master_keys[kid] = new_key()
+    if make_active:
+        ring.active = kid
+    log.info("added master key %s to keyring %s (active=%s)", kid, ring.path or "(env)", ring.active)
+    return kid
+
+
+def revoke(ring: Keyring, key_id: str) -> None:
+    """Mark a master key revoked: files still wrapped by it can no longer be read."""
+    if key_id not in ring.master_keys:
+        raise KeyError_(f"master key {key_id!r} is not in the keyring {ring.path or '(env)'}")
+    if key_id == ring.active:
+        raise KeyError_(f"master key {key_id!r} is the active key; rotate to a new key before revoking it")
+    ring.revoked.add(key_id)
+    log.info("revoked master key %s in keyring %s", key_id, ring.path or "(env)")
+
+
+def key_material_fingerprints(ring: Keyring) -> list[str]:
+    """The strings under which key material could leak (b64 and hex of every key).
+
+    For leak scans of logs, XCom, manifests and artifacts: none of these may appear anywhere.
+    """
+    out: list[str] = []
+    for key in [*ring.master_keys.values(), ring.signing_key]:
+        out += [base64.b64encode(key).decode(), base64.urlsafe_b64encode(key).decode().rstrip("="), key.hex()]
+    return sorted(set(out))
+
+
+def load(path: str | Path | None = None, create: bool = True, use_env: bool = True) -> Keyring:
+    doc = os.environ.get("LEPTONFLOW_KEYRING_JSON") if use_env else None
     if doc:
-        return Keyring.from_doc(json.loads(doc))
+        try:
+            parsed = json.loads(doc)
+        except json.JSONDecodeError as exc:
+            raise KeyError_(f"LEPTONFLOW_KEYRING_JSON is not valid JSON (line {exc.lineno})") from None
+        return Keyring.from_doc(parsed)
     path = Path(path or os.environ.get("LEPTONFLOW_KEYRING") or Path.cwd() / ".keys" / "keyring.json")
     if not path.exists():
         if not create:
             raise KeyError_(f"no keyring at {path}")
         return generate(path)
-    return Keyring.from_doc(json.loads(path.read_text()), path=str(path))
+    try:
+        parsed = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KeyError_(f"keyring {path} is not valid JSON (line {exc.lineno})") from None
+    return Keyring.from_doc(parsed, path=str(path))

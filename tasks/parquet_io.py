@@ -6,12 +6,14 @@ given; the reader decrypts with the same object. ``crypto`` is anything with
 ``encryption_properties(columns) -> pyarrow FileEncryptionProperties``,
 ``decryption_properties() -> FileDecryptionProperties`` and ``key_id`` (see
 ``tasks.crypto``). It is built inside each writing task because PME properties
-cannot be pickled.
+cannot be pickled. Both methods may take a ``url`` keyword: the file's URL, which
+PME needs to find the file's external key material (a sidecar JSON next to it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.keyring import KeyError_
 from tasks.lake import FileEntry
 
 ROW_GROUP_ROWS = 128 * 1024  # ~ a few MB per row group: streamable by the training reader
@@ -28,9 +31,18 @@ COMPRESSION = "zstd"
 class ParquetCrypto(Protocol):
     key_id: str
 
-    def encryption_properties(self, columns: list[str]) -> Any: ...
+    def encryption_properties(self, columns: list[str]) -> Any: ...  # may also take url=
 
-    def decryption_properties(self) -> Any: ...
+    def decryption_properties(self) -> Any: ...  # may also take url=
+
+
+def _with_url(method: Any, *args: Any, url: str) -> Any:
+    """Call a crypto method, passing the file URL when it accepts one (external key material)."""
+    try:
+        takes_url = "url" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        takes_url = False
+    return method(*args, url=url) if takes_url else method(*args)
 
 
 class ParquetReadError(RuntimeError):
@@ -76,7 +88,7 @@ def write_table(
     fs.makedirs(parent, exist_ok=True)
     kwargs: dict[str, Any] = {"compression": COMPRESSION}
     if crypto is not None:
-        kwargs["encryption_properties"] = crypto.encryption_properties(table.column_names)
+        kwargs["encryption_properties"] = _with_url(crypto.encryption_properties, table.column_names, url=url)
     with fs.open(path, "wb") as fh:
         sink = _HashingWriter(fh)
         with pq.ParquetWriter(sink, table.schema, **kwargs) as writer:
@@ -96,10 +108,12 @@ def open_parquet(url: str, crypto: ParquetCrypto | None = None) -> pq.ParquetFil
     fs, path = fsspec.core.url_to_fs(url)
     try:
         fh = fs.open(path, "rb")
-        props = crypto.decryption_properties() if crypto is not None else None
+        props = _with_url(crypto.decryption_properties, url=url) if crypto is not None else None
         return pq.ParquetFile(fh, decryption_properties=props)
     except FileNotFoundError as exc:
         raise ParquetReadError(f"{url}: file not found") from exc
+    except KeyError_ as exc:  # missing / revoked / wrong master key: name the file and the key id
+        raise ParquetReadError(f"{url}: cannot decrypt: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
 
@@ -108,6 +122,8 @@ def read_table(url: str, crypto: ParquetCrypto | None = None, columns: list[str]
     pf = open_parquet(url, crypto)
     try:
         return pf.read(columns=columns)
+    except KeyError_ as exc:
+        raise ParquetReadError(f"{url}: cannot decrypt: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
 
@@ -119,6 +135,8 @@ def iter_row_groups(
     for i in range(pf.num_row_groups):
         try:
             yield pf.read_row_group(i, columns=columns)
+        except KeyError_ as exc:
+            raise ParquetReadError(f"{url}: row group {i}: cannot decrypt: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise ParquetReadError(f"{url}: row group {i}: {exc}") from exc
 
