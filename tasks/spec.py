@@ -113,7 +113,9 @@ class DatasetSpec:
 
     def fingerprint(self) -> str:
         """Stable hash of the spec's content: part of every step's cache key."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        content = asdict(self)
+        content.pop("source")  # where the spec lives is not what it says
+        blob = json.dumps(content, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pytest
+
+from tasks.keyring import load as load_keyring
+from tasks.lake import MANIFEST, Lake, Manifest, ManifestError, code_version
+from tasks.parquet_io import ParquetReadError, read_table, sha256_of, write_table
+from tasks.signing import signer_for, verifier_for
+
+
+@pytest.fixture
+def lake(tmp_path):
+    ring = load_keyring(tmp_path / "keys" / "keyring.json")
+    return Lake(str(tmp_path / "lake"), signer=signer_for(ring), verifier=verifier_for(ring))
+
+
+def _commit(lake: Lake, ds: str, rows: int, **kw) -> Manifest:
+    version, vdir = lake.new_version("clean", "events", ds)
+    entry = write_table(f"{vdir}/part-0.parquet", pa.table({"x": list(range(rows))}), f"v={version}/part-0.parquet")
+    return lake.commit(Manifest("clean", "events", ds, version, [entry], **kw))
+
+
+def test_commit_writes_manifest_last_and_replaces_atomically(lake):
+    first = _commit(lake, "2026-11-01", 3, input_fingerprint="a")
+    assert lake.require("clean", "events", "2026-11-01").rows == 3
+    second = _commit(lake, "2026-11-01", 5, input_fingerprint="b")
+    m = lake.require("clean", "events", "2026-11-01")
+    assert (m.version, m.rows) == (second.version, 5)
+    # the superseded version's files are gone; the new ones read back with their checksum
+    assert not lake.fs.exists(f"{lake.interval_dir('clean', 'events', '2026-11-01')}/v={first.version}")
+    url = lake.abspath(m, m.files[0])
+    assert read_table(url).num_rows == 5
+    assert sha256_of(url) == m.files[0].sha256
+    assert not [p for p in os.listdir(lake.interval_dir("clean", "events", "2026-11-01")) if ".tmp" in p]
+
+
+def test_uncommitted_version_is_invisible(lake):
+    _commit(lake, "2026-11-01", 3)
+    lake.new_version("clean", "events", "2026-11-01")  # a writer that died before its commit
+    assert lake.require("clean", "events", "2026-11-01").rows == 3
+    assert lake.manifest("clean", "events", "2026-11-02") is None
+    with pytest.raises(ManifestError, match="no committed clean output"):
+        lake.require("clean", "events", "2026-11-02")
+
+
+def test_edited_manifest_fails_signature(lake):
+    _commit(lake, "2026-11-01", 3)
+    path = f"{lake.interval_dir('clean', 'events', '2026-11-01')}/{MANIFEST}"
+    doc = json.loads(open(path).read())
+    doc["rows"] = 4
+    open(path, "w").write(json.dumps(doc))
+    with pytest.raises(ManifestError, match="signature check failed"):
+        lake.require("clean", "events", "2026-11-01")
+
+
+def test_cache_hit_needs_same_input_code_and_params(lake):
+    code = code_version("report")
+    _commit(lake, "2026-11-01", 3, input_fingerprint="fp", code_version=code, params={"a": 1})
+    assert lake.cache_hit("clean", "events", "2026-11-01", "fp", code, {"a": 1}) is not None
+    assert lake.cache_hit("clean", "events", "2026-11-01", "other", code, {"a": 1}) is None
+    assert lake.cache_hit("clean", "events", "2026-11-01", "fp", "code2", {"a": 1}) is None
+    assert lake.cache_hit("clean", "events", "2026-11-01", "fp", code, {"a": 2}) is None
+
+
+def test_intervals_and_previous(lake):
+    for ds in ("2026-11-03", "2026-11-01", "2026-11-02"):
+        _commit(lake, ds, 1)
+    assert lake.intervals("clean", "events") == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert lake.previous_manifest("clean", "events", "2026-11-03").ds == "2026-11-02"
+    assert lake.previous_manifest("clean", "events", "2026-11-01") is None
+
+
+def test_truncated_parquet_error_names_file(tmp_path):
+    url = str(tmp_path / "t.parquet")
+    write_table(url, pa.table({"x": list(range(1000))}), "t.parquet")
+    data = open(url, "rb").read()
+    open(url, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ParquetReadError, match="t.parquet"):
+        read_table(url)
