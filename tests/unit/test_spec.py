@@ -22,10 +22,10 @@ def test_events_spec_parses_with_its_rules():
 def test_fingerprint_changes_with_content(tmp_path):
     raw = yaml.safe_load((SPEC_DIR / "events.yaml").read_text())
     a = tmp_path / "a.yaml"
-    a.write_text(yaml.safe_dump(raw))
+    a.write_text(yaml.safe_dump(raw, sort_keys=False))
     raw["columns"]["price"]["max"] = 5.0
     b = tmp_path / "b.yaml"
-    b.write_text(yaml.safe_dump(raw))
+    b.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert load_spec(a).fingerprint() != load_spec(b).fingerprint()
     assert load_spec(a).fingerprint() == spec_for("events").fingerprint()
 
@@ -43,7 +43,7 @@ def test_bad_spec_names_file_and_field(tmp_path, mutate, message):
     raw = yaml.safe_load((SPEC_DIR / "events.yaml").read_text())
     mutate(raw)
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert message in str(err.value)
