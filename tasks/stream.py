@@ -30,23 +30,22 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from tasks import features
 from tasks.parquet_io import ParquetCrypto, ParquetReadError, open_parquet
 
 log = logging.getLogger(__name__)
 _OPEN_FILES = 8  # open Parquet files kept per shard iterator
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-Transform = Callable[[pa.Table, dict[str, Any]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class FeatureError(ValueError):
@@ -54,68 +53,26 @@ class FeatureError(ValueError):
 
 
 # ---- the feature transform ---------------------------------------------------------------------
-def feature_columns(stats: dict[str, Any]) -> list[str]:
-    """Columns the transform reads: numeric and categorical features, then the label."""
-    return [*stats["numeric_features"], *stats["categorical_features"], stats["label"]]
+def feature_columns(stats: dict[str, Any], available: Sequence[str] | None = None) -> list[str]:
+    """Columns the transform reads: features, label and the sources of derived features not yet in the file."""
+    wanted = [*stats["numeric_features"], *stats["categorical_features"], stats["label"]]
+    have = set(available) if available is not None else set(wanted)
+    for name, rule in (stats.get("derived") or {}).items():
+        if name not in have and isinstance(rule, dict) and rule.get("from"):
+            wanted.append(rule["from"])
+    # a column absent from the file is left for the transform to report by name
+    return list(dict.fromkeys(c for c in wanted if available is None or c in have))
 
 
-def _column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
-        raise FeatureError(f"{source}: feature column {name!r} is missing (columns: {table.column_names})")
-    return table.column(name)
-
-
-def local_transform(
-    table: pa.Table, stats: dict[str, Any], source: str = "<table>"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The contract's transform (docs/contracts.md), used while ``tasks.features`` is absent.
-
-    x_num: standardized with the train mean/std, nulls -> 0; x_cat: index in vocab + 1,
-    OOV and null -> 0 (index 0 is reserved); y: the label as float32.
-    """
-    n = table.num_rows
-    num_names = list(stats["numeric_features"])
-    cat_names = list(stats["categorical_features"])
-    x_num = np.zeros((n, len(num_names)), dtype=np.float32)
-    for j, name in enumerate(num_names):
-        col = _column(table, name, source)
-        try:
-            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-        except pa.ArrowInvalid as exc:
-            raise FeatureError(f"{source}: numeric feature {name!r} is not numeric: {exc}") from exc
-        st = stats["numeric"][name]
-        std = float(st.get("std") or 0.0) or 1.0  # a constant column standardizes to 0, not inf
-        z = (values - float(st["mean"])) / std
-        x_num[:, j] = np.where(np.isnan(z), 0.0, z)
-    x_cat = np.zeros((n, len(cat_names)), dtype=np.int64)
-    for j, name in enumerate(cat_names):
-        col = pc.cast(_column(table, name, source), pa.string())
-        vocab = pa.array([str(v) for v in stats["categorical"][name]["vocab"]], type=pa.string())
-        idx = pc.index_in(col, value_set=vocab)
-        x_cat[:, j] = pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False)
-    label = _column(table, stats["label"], source)
-    if label.null_count:
-        raise FeatureError(f"{source}: label column {stats['label']!r} has {label.null_count} null values")
-    y = pc.cast(label, pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return x_num, x_cat, y
-
-
-def transform(
-    table: pa.Table, stats: dict[str, Any], source: str = "<table>"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The feature transform: ``tasks.features.transform`` when that module exists, else :func:`local_transform`."""
+def transform(table: pa.Table, stats: dict[str, Any], source: str = "<table>") -> tuple[np.ndarray, ...]:
+    """The shared feature transform (``tasks.features.transform``), with errors naming `source` and a label check."""
     try:
-        from tasks.features import transform as features_transform
-    except ModuleNotFoundError as exc:
-        if exc.name != "tasks.features":
-            raise
-        return local_transform(table, stats, source)
-    x_num, x_cat, y = features_transform(table, stats)
-    return (
-        np.asarray(x_num, dtype=np.float32),
-        np.asarray(x_cat, dtype=np.int64),
-        np.asarray(y, dtype=np.float32),
-    )
+        x_num, x_cat, y = features.transform(table, stats)
+    except features.FeatureError as exc:
+        raise FeatureError(f"{source}: {exc}") from exc
+    if np.isnan(y).any():
+        raise FeatureError(f"{source}: label column {stats['label']!r} is missing or has null values")
+    return np.asarray(x_num, np.float32), np.asarray(x_cat, np.int64), np.asarray(y, np.float32)
 
 
 # ---- shard planning -----------------------------------------------------------------------------
@@ -227,7 +184,7 @@ class StreamDataset(IterableDataset):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.shuffle_rows = max(1, int(shuffle_rows))
         self.skip_batches = int(skip_batches)
-        self.columns = feature_columns(stats)
+        self._columns: dict[int, list[str]] = {}
 
     # -- sizes (identical on every rank: they only depend on metadata, seed and epoch) --
     @property
@@ -287,8 +244,10 @@ class StreamDataset(IterableDataset):
             if len(files) >= _OPEN_FILES:
                 files.popitem(last=False)  # least recently used: bounded file handles and footers
             files[p.file] = open_parquet(url, self.crypto)
+        if p.file not in self._columns:
+            self._columns[p.file] = feature_columns(self.stats, files[p.file].schema_arrow.names)
         try:
-            table = files[p.file].read_row_group(p.row_group, columns=self.columns)
+            table = files[p.file].read_row_group(p.row_group, columns=self._columns[p.file])
         except (OSError, pa.ArrowException) as exc:
             raise ParquetReadError(f"{url}: row group {p.row_group}: {exc}") from exc
         if p.start or p.stop < table.num_rows:

@@ -14,7 +14,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from tasks.parquet_io import write_table
-from tasks.stream import FeatureError, StreamDataset, local_transform, plan_shards, resume_point, worker_skips
+from tasks.stream import FeatureError, StreamDataset, feature_columns, plan_shards, resume_point, worker_skips
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,20 +116,23 @@ def test_steps_per_epoch_is_the_same_on_every_rank(tmp_path):
         assert len(rank_batches(StreamDataset(urls, ID_STATS, 32, rank=r, world_size=3, num_workers=2))) >= n_steps
 
 
-def test_local_transform_standardizes_maps_oov_and_nulls():
-    stats = {
-        "numeric": {"p": {"mean": 10.0, "std": 2.0}, "k": {"mean": 5.0, "std": 0.0}},
-        "categorical": {"d": {"vocab": ["desktop", "mobile"]}},
-        "label": "y", "task": "classification", "numeric_features": ["p", "k"], "categorical_features": ["d"],
-    }
-    t = pa.table({"p": [12.0, None, 6.0], "k": [5, 7, 5], "d": ["mobile", "watch", None], "y": [True, False, True]})
-    x_num, x_cat, y = local_transform(t, stats)
-    np.testing.assert_allclose(x_num[:, 0], [1.0, 0.0, -2.0])
-    np.testing.assert_allclose(x_num[:, 1], [0.0, 2.0, 0.0])  # std 0 -> divide by 1
-    assert x_cat[:, 0].tolist() == [2, 0, 0]  # index 0 = OOV / null
-    assert y.tolist() == [1.0, 0.0, 1.0] and y.dtype == np.float32
-    with pytest.raises(FeatureError, match="'k' is missing"):
-        local_transform(t.drop_columns(["k"]), stats, source="f.parquet")
+def test_transform_errors_name_the_file_and_derived_sources_are_read(tmp_path):
+    urls = write_id_files(tmp_path, [10], row_group_rows=10)
+    stats = {**ID_STATS, "numeric_features": ["rid", "missing"], "numeric": {**ID_STATS["numeric"],
+             "missing": {"mean": 0.0, "std": 1.0}}}
+    with pytest.raises(FeatureError, match=r"part-0.parquet row group 0: .*'missing'"):
+        list(StreamDataset(urls, stats, 4))
+    derived = {**ID_STATS, "derived": {"hour": {"from": "ts", "op": "hour"}}}
+    assert feature_columns(derived, ["rid", "c", "y", "ts", "other"]) == ["rid", "c", "y", "ts"]
+    assert feature_columns(derived, ["rid", "c", "y", "hour", "ts"]) == ["rid", "c", "y"]
+
+
+def test_null_labels_are_refused(tmp_path):
+    t = pa.table({"rid": [1, 2], "c": ["a", "b"], "y": pa.array([True, None])})
+    url = str(tmp_path / "nulls.parquet")
+    write_table(url, t, "nulls.parquet")
+    with pytest.raises(FeatureError, match="nulls.parquet.*label column 'y'"):
+        list(StreamDataset([url], ID_STATS, 4))
 
 
 def test_memory_stays_bounded_when_the_split_is_larger(tmp_path):
