@@ -1,0 +1,187 @@
+"""Compression: structured pruning really shrinks layers, the search gates on the budget, the stage commits."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tasks import compress, export, prune, signing
+from tasks.keyring import generate
+from tasks.lake import Lake
+from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, compress.TabularData, compress.TabularData, compress.TabularData]:
+    tr, va, te = make_data(3000, 0), make_data(800, 1), make_data(800, 2)
+    model = train_toy(ToyTabular(hidden=(64, 32)), *tr, epochs=4)
+    return model, *(compress.TabularData.from_numpy(*d) for d in (tr, va, te))
+
+
+def _linears(model: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def test_pairs_follow_dataflow_into_a_head_outside_the_sequential():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.GELU(), nn.Linear(16, 8), nn.ReLU())
+            self.norm = nn.LayerNorm(8)
+            self.head = nn.Linear(8, 1)
+            self.skip = nn.Linear(6, 8)
+
+        def forward(self, x_num, x_cat):
+            h = self.body(x_num)
+            return self.head(self.norm(h + self.skip(x_num))).squeeze(-1)
+
+    pairs = prune.find_pairs(Net())
+    # body.3 -> head passes a residual add and a LayerNorm: not prunable; skip feeds the add: not prunable
+    assert pairs == [prune.PrunablePair("body.0", "body.3", ("body.1",))]
+
+
+def test_pruning_removes_dead_units_exactly_and_shrinks_linears():
+    torch.manual_seed(0)
+    model = ToyTabular(hidden=(32, 16)).eval()
+    first = model.mlp[0]
+    with torch.no_grad():  # half of the first layer's units are dead (zero in, zero out): least important
+        first.weight[::2] = 0.0
+        first.bias[::2] = 0.0
+    x_num, x_cat, _ = make_data(64, 3)
+    xn, xc = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+    pruned, widths = prune.prune_model(model, 0.5)
+    pruned.eval()
+    assert widths == {"mlp.0": 16, "mlp.3": 8}
+    assert _linears(pruned) == [(20, 16), (16, 8), (8, 1)]
+    assert _linears(model) == [(20, 32), (32, 16), (16, 1)]  # the original is untouched
+    assert prune.count_parameters(pruned) < prune.count_parameters(model) / 2
+    # mlp.0: exactly the dead units went, so its output is unchanged; check that sub-network directly
+    keep = torch.arange(1, 32, 2)
+    torch.manual_seed(1)
+    z = torch.randn(5, 20)
+    assert torch.allclose(pruned.mlp[1](pruned.mlp[0](z)), model.mlp[1](model.mlp[0](z))[:, keep])
+    with torch.no_grad():
+        assert pruned(xn, xc).shape == (64,)
+
+
+def test_resize_rebuilds_shapes_for_weights_only_loading(trained):
+    model, _, val, _ = trained
+    pruned, widths = prune.prune_model(model, 0.5)
+    buf = io.BytesIO()
+    torch.save(pruned.state_dict(), buf)
+    fresh = prune.resize(ToyTabular(hidden=(64, 32)), widths)
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert np.array_equal(compress.predict(fresh, val), compress.predict(pruned.eval(), val))
+    with pytest.raises(ValueError, match="no.such"):
+        prune.resize(ToyTabular(), {"no.such": 3})
+
+
+def test_quantized_state_dict_loads_weights_only(trained):
+    model, _, val, _ = trained
+    q = compress.quantizer("int8_dynamic").quantize(model)
+    assert export.is_quantized(q) and not export.is_quantized(model)
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    q2 = compress.quantizer("int8_dynamic").quantize(ToyTabular(hidden=(64, 32)))
+    q2.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert np.array_equal(compress.predict(q2, val), compress.predict(q, val))
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        compress.quantizer("fp4")
+
+
+def test_int8_makes_a_wide_model_several_times_smaller():
+    x_num, x_cat, y = make_data(300, 4)
+    data = compress.TabularData.from_numpy(x_num, x_cat, y)
+    result = compress.search(ToyTabular(hidden=(512, 256)).eval(), data, data, "classification", budget=1.0,
+                             ratios=[0.0], finetune_epochs=0, repeats=3)
+    by = {c.name: c for c in result.candidates}
+    assert set(by) == {"p00-none", "p00-int8_dynamic"}
+    assert by["p00-int8_dynamic"].size_bytes * 3 < by["p00-none"].size_bytes  # measured, not assumed
+    assert by["p00-int8_dynamic"].chosen  # budget 1.0: everything fits, the smallest wins
+
+
+def test_search_keeps_smallest_within_budget(trained):
+    model, train, val, _ = trained
+    result = compress.search(model, train, val, "classification", budget=0.01, ratios=[0.5, 0.9],
+                             quantizers=["none", "int8_dynamic"], finetune_epochs=1, repeats=3)
+    names = [c.name for c in result.candidates]
+    assert names == ["p00-none", "p00-int8_dynamic", "p50-none", "p50-int8_dynamic", "p90-none", "p90-int8_dynamic"]
+    for c in result.candidates:
+        assert c.size_bytes > 0 and c.latency_b1_ms > 0 and c.latency_b256_ms > 0
+        assert c.within_budget == (c.metric_drop <= 0.01 + 1e-12)
+    chosen = result.chosen
+    assert chosen.within_budget
+    fits = [c for c in result.candidates if c.within_budget]
+    assert chosen.size_bytes == min(c.size_bytes for c in fits)
+    assert sum(c.chosen for c in result.candidates) == 1
+    base = result.candidates[0]
+    assert base.metric == pytest.approx(result.baseline_metric) and base.metric_drop == pytest.approx(0.0)
+    assert result.candidates[2].parameters < base.parameters
+    table = compress.markdown_table(result)
+    assert table.count("\n") == 2 + len(result.candidates) and "**yes**" in table
+    assert compress.plot_png(result)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nothing_fits_publishes_uncompressed(trained):
+    model, train, val, _ = trained
+    result = compress.search(model, train, val, "classification", budget=0.0, ratios=[0.95],
+                             quantizers=["none"], finetune_epochs=0, repeats=3)
+    assert result.candidates[1].metric_drop > 0  # 95% of units gone, no fine-tune: AUC falls
+    assert result.chosen.name == "p00-none" and not result.compressed
+
+
+def test_regression_metric_is_rmse_increase():
+    x_num, x_cat, y = make_data(1500, 5, task="regression")
+    data = compress.TabularData.from_numpy(x_num, x_cat, y)
+    model = train_toy(ToyTabular(hidden=(32, 16)), x_num, x_cat, y, epochs=3, task="regression")
+    result = compress.search(model, data, data, "regression", budget=0.05, ratios=[0.5], finetune_epochs=1,
+                             repeats=3)
+    assert result.metric_name == "rmse"
+    rmse = float(np.sqrt(np.mean((compress.predict(model, data) - y) ** 2)))
+    assert result.baseline_metric == pytest.approx(rmse, rel=1e-5)
+    for c in result.candidates:
+        assert c.metric_drop == pytest.approx(c.metric - rmse, abs=1e-6)
+
+
+def test_single_class_val_is_a_clear_error(trained):
+    model, train, val, _ = trained
+    one_class = compress.TabularData(val.x_num, val.x_cat, torch.zeros(len(val)))
+    with pytest.raises(ValueError, match="val split has a single label class"):
+        compress.search(model, train, one_class, "classification", repeats=1)
+    with pytest.raises(ValueError, match="row count"):
+        compress.TabularData(val.x_num[:3], val.x_cat, val.y)
+
+
+def test_compress_and_commit_writes_a_signed_stage(tmp_path, trained):
+    model, train, val, test = trained
+    ring = generate(tmp_path / "keys.json")
+    lake = Lake(str(tmp_path / "lake"), signer=signing.signer_for(ring), verifier=signing.verifier_for(ring))
+    params = {"compress_budget": 0.02, "compress_ratios": [0.5], "compress_quantizers": ["none", "int8_dynamic"],
+              "compress_finetune_epochs": 1, "compress_max_train_rows": 1000, "compress_latency_repeats": 3, "seed": 0}
+    m = compress.compress_and_commit(lake, "events", "2026-11-02", model, {"hidden": [64, 32]},
+                                     {"task": "classification"}, {"train": train, "val": val, "test": test},
+                                     params, "fp-1", "code-1")
+    got = lake.require("compressed", "events", "2026-11-02")  # signature verified on read
+    assert got.version == m.version
+    names = {f.path.split("/", 1)[1] for f in got.files}
+    assert {"model.ts", "model.pt", "compression.json", "compression.md", "compression.png",
+            "candidates.json"} <= names
+    summary = got.extra["summary"]
+    structure = json.loads(compress.read_verified(lake, got, next(f for f in got.files
+                                                                  if f.path.endswith("compression.json"))))
+    assert structure["candidate"] == summary["chosen"]["name"]
+    assert ("model.onnx" in names) == (structure["quantizer"] == "none")
+    assert all(p["ok"] and p["rows"] == len(test) for p in summary["parity"])
+    assert lake.cache_hit("compressed", "events", "2026-11-02", "fp-1", "code-1", params) is not None
+    # a tampered file is refused by the sha256 check
+    entry = next(f for f in got.files if f.path.endswith("model.pt"))
+    path = lake.abspath(got, entry)
+    with open(path, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(Exception, match="sha256 .* does not match"):
+        compress.read_verified(lake, got, entry)
