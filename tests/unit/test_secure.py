@@ -1,0 +1,134 @@
+"""The secure step on real encrypted lake outputs: what it checks, what it seals, what it catches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks import crypto, keyring, parquet_io, secure
+from tasks.context import StepContext
+from tasks.lake import ManifestError
+from tests.unit.secure_data import commit_table, events, secured_interval
+
+DS = "2026-11-03"
+
+
+@pytest.fixture
+def ctx(lf_home) -> StepContext:
+    return StepContext(dataset="events", ds=DS)
+
+
+def _files(ctx, stage):
+    m = ctx.lake.require(stage, ctx.dataset, ctx.ds)
+    return [Path(ctx.lake.abspath(m, e)) for e in m.files]
+
+
+def test_secure_verifies_and_seals_every_stage(ctx):
+    made = secured_interval(ctx)
+    out = secure.run(ctx)
+    assert out["checked"] == {"clean": 1, "quarantine": 1, "split": 3}
+    assert out["absent"] == [] and out["files_checked"] == 5
+    assert out["all_encrypted"] and out["verified"] and out["key_ids"] == [ctx.keys.active]
+    seal = ctx.lake.require("secure", "events", DS)  # signed like any manifest
+    assert seal.digest() == out["seal_digest"]
+    for stage, m in made.items():
+        info = seal.extra["checked"][stage]
+        assert info["digest"] == m.digest() and info["version"] == m.version
+        for rel, sha in info["key_material"].items():
+            side = Path(crypto.key_material_url(ctx.lake.abspath(m, next(e for e in m.files if e.path == rel))))
+            assert hashlib.sha256(side.read_bytes()).hexdigest() == sha
+    assert secure.verify_seal(ctx)["sealed"] == ["clean", "quarantine", "split"]
+    text = json.dumps(out) + seal.to_json()
+    assert not any(s in text for s in keyring.key_material_fingerprints(ctx.keys))
+
+
+def test_absent_stages_are_listed(ctx):
+    commit_table(ctx, "clean", {"": events(100, DS)}, ctx.crypto())
+    out = secure.run(ctx)
+    assert out["checked"] == {"clean": 1} and out["absent"] == ["quarantine", "split"]
+
+
+def test_flipped_byte_is_caught_naming_the_file(ctx):
+    secured_interval(ctx)
+    victim = _files(ctx, "split")[1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victim.write_bytes(bytes(data))
+    with pytest.raises(secure.IntegrityError, match=rf"{victim}: sha256"):
+        secure.run(ctx)
+    with pytest.raises(secure.IntegrityError, match=str(victim)):
+        secure.verified_files(ctx, "split")
+    assert len(secure.verified_files(ctx, "clean")) == 1  # other stages are still usable
+
+
+def test_edited_manifest_is_caught(ctx):
+    secured_interval(ctx)
+    path = Path(ctx.lake.interval_dir("quarantine", "events", DS)) / "_manifest.json"
+    doc = json.loads(path.read_text())
+    doc["files"][0]["rows"] = 19
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match="quarantine.*signature"):
+        secure.run(ctx)
+
+
+def test_plaintext_file_is_refused_when_encryption_is_on(ctx):
+    commit_table(ctx, "clean", {"": events(100, DS)}, crypto=None)
+    with pytest.raises(secure.IntegrityError, match=r"clean/events/ds=2026-11-03/v=.*not encrypted"):
+        secure.run(ctx)
+    plain = StepContext(dataset="events", ds=DS, params={"encrypt": False})
+    out = secure.run(plain)  # with the encrypt Param off only signatures and checksums are checked
+    assert out["checked"] == {"clean": 1} and not out["all_encrypted"]
+
+
+def test_swapped_key_material_is_caught(ctx):
+    commit_table(ctx, "clean", {"": events(300, DS), "x": events(300, DS, seed=2)}, ctx.crypto())
+    a, b = _files(ctx, "clean")
+    sa, sb = Path(crypto.key_material_url(str(a))), Path(crypto.key_material_url(str(b)))
+    sa.write_bytes(sb.read_bytes())  # valid key material, but of another file
+    with pytest.raises(parquet_io.ParquetReadError, match=str(a)):
+        secure.run(ctx)
+
+
+def test_seal_detects_manifest_changes_after_sealing(ctx):
+    secured_interval(ctx)
+    secure.run(ctx)
+    crypto.rotate_lake(ctx.lake_url, _rotated(ctx), "events")
+    fresh = StepContext(dataset="events", ds=DS)
+    with pytest.raises(secure.IntegrityError, match="changed after it was sealed"):
+        secure.verify_seal(fresh)
+    out = secure.run(fresh)  # re-sealing after rotation verifies the re-wrapped files
+    assert out["key_ids"] == [fresh.keys.active] and secure.verify_seal(fresh)
+
+
+def _rotated(ctx):
+    ring = keyring.load(ctx.keyring_path)
+    keyring.add_master_key(ring)
+    ring.save()
+    return ring
+
+
+def test_verify_and_load_state_dict(tmp_path):
+    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
+    path = tmp_path / "model.pt"
+    torch.save(sd, path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    got = secure.verify_and_load_state_dict(str(path), sha)
+    assert torch.equal(got["w"], sd["w"]) and set(got) == {"w", "b"}
+    with pytest.raises(secure.IntegrityError, match=rf"{path}: sha256"):
+        secure.verify_and_load_state_dict(str(path), "0" * 64)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(secure.IntegrityError, match=rf"{bad}: not a plain state dict"):
+        secure.verify_and_load_state_dict(str(bad), hashlib.sha256(bad.read_bytes()).hexdigest())
+    with pytest.raises(secure.IntegrityError, match="missing"):
+        secure.verify_and_load_state_dict(str(tmp_path / "nope.pt"), sha)
