@@ -74,3 +74,31 @@ def client_for(config: dict[str, Any] | None, plan: ClusterPlan | dict | None = 
     with impl.connect(config, plan) as client:
         log.info("Dask cluster (%s): %s; dashboard %s", backend, describe(client), client.dashboard_link)
         yield client
+
+
+def resize(config: dict[str, Any] | None, workers: int) -> bool:
+    """Apply a size to a standing cluster: True when the backend resized (gateway), False when it cannot
+    (local clusters are sized when started; an address cluster is fixed, the plan is advisory)."""
+    config = dict(config or {"backend": "local"})
+    if config.get("backend", "local") == "gateway":
+        from tasks.cluster import gateway
+
+        gateway.resize(config, workers)
+        return True
+    return False
+
+
+def current_workers(config: dict[str, Any] | None) -> int:
+    """Workers now connected to a standing cluster (gateway or address backend)."""
+    config = dict(config or {"backend": "local"})
+    backend = config.get("backend", "local")
+    if backend == "gateway":
+        from tasks.cluster import gateway
+
+        return gateway.current_workers(config)
+    if backend == "address":
+        if not config.get("address"):
+            raise ValueError("Dask backend 'address' needs an 'address' such as tcp://127.0.0.1:8786")
+        with Client(config["address"], timeout=config.get("timeout", 30)) as client:
+            return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    raise ValueError(f"backend {backend!r} has no standing cluster to count workers of")

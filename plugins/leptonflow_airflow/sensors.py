@@ -1,0 +1,130 @@
+"""ResourceForecastSensor: plan a step's cluster from run history, apply it, wait until it is there.
+
+execute() builds a StepContext from the Airflow context, asks ``tasks.forecast`` for the plan
+(``run_plan_clean`` / ``run_plan_train``), applies it through the cluster backend and then:
+
+- ``local``   nothing standing to wait for: returns the plan at once (the step starts its
+              LocalCluster with the planned size);
+- ``gateway`` resizes the shared dask-gateway cluster from this process, then defers to
+              ``ClusterReadyTrigger`` until the planned workers are up;
+- ``address`` a fixed cluster: the plan is advisory; defers until it has enough workers
+              (the plan's size, capped by the Connection's ``max_workers`` when set).
+
+The plan (a ``ClusterPlan`` dict, plus nproc/device for training) is the return value, so it is
+the XCom that the next step reads through ``ctx.plan(stage)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+
+from leptonflow_airflow.triggers import ClusterReadyTrigger
+from tasks.context import StepContext
+
+log = logging.getLogger(__name__)
+
+PLANNERS = {"clean": "run_plan_clean", "train": "run_plan_train"}
+
+
+def _inline_context(context: Any, dataset: str, step: str) -> StepContext:
+    """Fallback when leptonflow_airflow.context is not importable: Params + data interval only."""
+    start = context.get("data_interval_start") or datetime.fromisoformat(context["ds"]).replace(tzinfo=UTC)
+    end = context.get("data_interval_end") or start + timedelta(days=1)
+    dag_run = context.get("dag_run")
+    params = dict(context.get("params") or {})
+    params.update(getattr(dag_run, "conf", None) or {})
+    return StepContext(dataset=dataset, ds=start.date().isoformat(), interval_start=start, interval_end=end,
+                       params=params, run_id=str(getattr(dag_run, "run_id", None) or context.get("run_id") or "manual"))
+
+
+def default_context_builder(context: Any, dataset: str, step: str) -> StepContext:
+    try:
+        from leptonflow_airflow.context import context_from_airflow
+    except ImportError:
+        return _inline_context(context, dataset, step)
+    return context_from_airflow(context, dataset, step)
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """One readable line for the task log."""
+    pred = plan.get("predicted") or {}
+    parts = [f"{plan.get('stage', '?')}: {plan['workers']} worker(s) x {plan.get('threads_per_worker', 1)} thread(s)",
+             f"{plan.get('memory_limit', 0) / 2**30:.1f} GiB/worker", f"source={plan.get('source')}"]
+    if "device" in plan:
+        parts.append(f"device={plan['device']} nproc={plan.get('nproc')}")
+    if pred.get("wall_s") is not None:
+        parts.append(f"predicted wall {pred['wall_s']:.1f}s (upper {pred.get('wall_s_upper', 0):.1f}s)")
+    if pred.get("peak_memory") is not None:
+        parts.append(f"peak mem {pred['peak_memory'] / 2**20:.0f} MiB")
+    parts.append(f"input {plan.get('input_bytes', 0) / 2**20:.1f} MiB")
+    return "; ".join(parts) + f" -- {plan.get('reason', '')}"
+
+
+class ResourceForecastSensor(BaseSensorOperator):
+    """Forecast -> cluster size -> resize -> wait (deferrable: the wait runs in the triggerer)."""
+
+    template_fields = ("dataset", "stage")
+    ui_color = "#d9f0ff"
+
+    def __init__(self, *, dataset: str, stage: str = "clean", cluster: dict[str, Any] | None = None,
+                 poll_interval: float = 5.0, ready_timeout: float = 900.0,
+                 context_builder: Callable[[Any, str, str], StepContext] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if stage not in PLANNERS:
+            raise ValueError(f"ResourceForecastSensor: stage {stage!r} is not one of {sorted(PLANNERS)}")
+        self.dataset = dataset
+        self.stage = stage
+        self.cluster = cluster
+        self.poll_interval = poll_interval
+        self.ready_timeout = ready_timeout
+        self.context_builder = context_builder or default_context_builder
+
+    def poke(self, context: Any) -> bool:
+        # execute() is overridden: the wait happens in ClusterReadyTrigger, never by poking
+        raise RuntimeError("ResourceForecastSensor waits by deferring; poke() is not used")
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from tasks import cluster as clusters
+        from tasks import forecast
+
+        ctx = self.context_builder(context, self.dataset, f"plan_{self.stage}")
+        if self.cluster is not None:
+            ctx.cluster = dict(self.cluster)
+        plan = getattr(forecast, PLANNERS[self.stage])(ctx)
+        self.log.info("plan %s", describe_plan(plan))
+        config = dict(ctx.cluster or {"backend": "local"})
+        backend = config.get("backend", "local")
+        if self.stage == "train" or backend == "local":
+            return plan  # nothing standing to resize or wait for
+        want = int(plan["workers"])
+        if backend == "address" and config.get("max_workers"):
+            want = min(want, int(config["max_workers"]))
+        if clusters.resize(config, want):
+            self.log.info("resized %s cluster to %d workers", backend, want)
+        have = clusters.current_workers(config)
+        if have >= want:
+            self.log.info("cluster already has %d/%d workers", have, want)
+            return plan
+        self.defer(
+            trigger=ClusterReadyTrigger(cluster=config, workers=want, plan=plan, poll_interval=self.poll_interval,
+                                        timeout=self.ready_timeout),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.ready_timeout + 60),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        event = event or {}
+        if event.get("status") != "ready":
+            raise RuntimeError(
+                f"cluster did not reach {event.get('wanted')} workers in {event.get('waited_s')}s "
+                f"(had {event.get('workers')}; last error: {event.get('error') or 'none'})"
+            )
+        plan = event["plan"]
+        self.log.info("cluster ready with %s workers after %ss; plan %s", event["workers"], event["waited_s"],
+                      describe_plan(plan))
+        return plan
