@@ -1,0 +1,135 @@
+"""Data Docs: one static HTML page per validation run, committed in the lake.
+
+``<lake>/validation/<dataset>/ds=<ds>/<kind>/index.html`` is a self-contained page (no
+CDN, readable offline) built from the GX result; next to it ``gx.html`` is GX's own
+``ValidationResultsPageRenderer`` page (its styling loads from CDNs) and ``result.json``
+is the GX result JSON. One ``validation`` manifest per interval lists the files of every
+suite kind run so far (raw and clean runs are separate steps; each keeps the other's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from great_expectations.core import ExpectationSuiteValidationResult
+
+from tasks.lake import FileEntry, Lake, Manifest, code_version
+
+log = logging.getLogger(__name__)
+
+STAGE = "validation"
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;width:100%;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f0f0} tr.fail td{background:#fde8e8} tr.ok td{background:#eefaee}
+.badge{padding:2px 8px;border-radius:4px;color:#fff} .pass{background:#2a7} .failb{background:#c33}
+code{font-size:12px;white-space:pre-wrap}
+"""
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dict | list):
+        return f"<code>{html.escape(json.dumps(v, default=str)[:600])}</code>"
+    return html.escape(str(v))
+
+
+def render_html(result: ExpectationSuiteValidationResult, title: str, summary: dict[str, Any]) -> str:
+    """A self-contained HTML page with one row per expectation result."""
+    d = result.to_json_dict()
+    rows = []
+    for r in d["results"]:
+        cfg, res = r["expectation_config"], r.get("result") or {}
+        kw = dict(cfg["kwargs"])
+        col = kw.pop("column", None) or kw.pop("column_list", None) or ""
+        exc = (r.get("exception_info") or {}).get("exception_message")
+        observed = res.get("observed_value", res.get("partial_unexpected_list"))
+        rows.append(
+            f"<tr class={'ok' if r['success'] else 'fail'}><td>{'✓' if r['success'] else '✗'}</td>"
+            f"<td>{_cell(cfg['type'])}</td><td>{_cell(col)}</td><td>{_cell(kw)}</td>"
+            f"<td>{_cell(res.get('element_count'))}</td><td>{_cell(res.get('unexpected_count'))}</td>"
+            f"<td>{_cell(round(res['unexpected_percent'], 4) if 'unexpected_percent' in res else None)}</td>"
+            f"<td>{_cell(observed)}</td><td>{_cell(res.get('details'))}{_cell(exc)}</td></tr>"
+        )
+    st = d["statistics"]
+    badge = '<span class="badge pass">PASSED</span>' if d["success"] else '<span class="badge failb">FAILED</span>'
+    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary.items())
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)} {badge}</h1>"
+        f"<p>{st['successful_expectations']} of {st['evaluated_expectations']} expectations passed "
+        f"({st['success_percent']:.1f}%). Suite <b>{html.escape(d['suite_name'])}</b>, evaluated on every row "
+        f"by leptonflow's Dask engine. <a href='gx.html'>GX rendering</a> · <a href='result.json'>GX result JSON</a>"
+        f"</p><table>{facts}</table><h2>Expectations</h2><table><tr><th></th><th>expectation</th><th>column</th>"
+        f"<th>kwargs</th><th>elements</th><th>unexpected</th><th>unexpected %</th><th>observed / examples</th>"
+        f"<th>details</th></tr>{''.join(rows)}</table></body></html>"
+    )
+
+
+def render_gx_html(result: ExpectationSuiteValidationResult) -> str | None:
+    """GX's own validation page, or None when its renderer cannot handle the result."""
+    try:
+        from great_expectations.render.renderer import ValidationResultsPageRenderer
+        from great_expectations.render.view import DefaultJinjaPageView
+
+        return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    except Exception:  # GX rendering is a nicety: never fail a validation because of it
+        log.warning("GX renderer could not render %s", result.suite_name, exc_info=True)
+        return None
+
+
+def publish(
+    lake: Lake,
+    dataset: str,
+    ds: str,
+    kind: str,
+    result: ExpectationSuiteValidationResult,
+    summary: dict[str, Any],
+    fingerprint: str,
+    params: dict[str, Any],
+) -> str:
+    """Write and commit the Data Docs of one run; returns the URL of its index.html."""
+    idir = lake.interval_dir(STAGE, dataset, ds)
+    pages = {
+        "index.html": render_html(result, f"{dataset} {kind} validation ds={ds}", summary).encode(),
+        "result.json": json.dumps(result.to_json_dict(), indent=1, default=str).encode(),
+    }
+    gx_page = render_gx_html(result)
+    if gx_page is not None:
+        pages["gx.html"] = gx_page.encode()
+    entries = []
+    lake.fs.makedirs(f"{idir}/{kind}", exist_ok=True)
+    for name, data in pages.items():
+        lake._write_atomic(f"{idir}/{kind}/{name}", data)  # each page replaced atomically
+        entries.append(
+            FileEntry(path=f"{kind}/{name}", rows=0, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        )
+    prev = lake.manifest(STAGE, dataset, ds)
+    keep = [f for f in (prev.files if prev else []) if not f.path.startswith(f"{kind}/")]
+    suites = dict(prev.extra.get("suites", {})) if prev else {}
+    suites[kind] = {**summary, "input_fingerprint": fingerprint}
+    # Pages live in fixed <kind>/ folders (the Data Docs link must be stable), so the version
+    # is only an id here: there is no v=<version>/ folder for commit() to discard.
+    version = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    lake.commit(
+        Manifest(
+            STAGE,
+            dataset,
+            ds,
+            version,
+            files=keep + entries,
+            input_fingerprint=fingerprint,
+            code_version=code_version("validate", "validation/engine", "validation/datadocs"),
+            params=params,
+            extra={"suites": suites},
+        )
+    )
+    return lake.full_url(f"{idir}/{kind}/index.html")

@@ -1,0 +1,383 @@
+"""Distributed validation: chunks on Dask workers, partial results merged into ONE GX result.
+
+GX has no Dask execution engine, so leptonflow evaluates the suite itself, every row:
+
+1. plan: read each file's footer (schema, row groups) on the client; table-level rules
+   (columns, types, row count) are decided from footers, naming the offending files;
+2. map: one task per chunk (a run of row groups) counts element/missing/unexpected per
+   row-level expectation, keeps a few examples, profiles drift columns and hash-partitions
+   key values into buckets;
+3. reduce: one task per bucket counts duplicate keys exactly; partial counts are summed;
+4. build: a real ``ExpectationSuiteValidationResult`` of ``ExpectationValidationResult``s
+   with GX's result fields (element_count, unexpected_count, unexpected_percent, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import Client
+from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+from tasks import parquet_io
+from tasks.validation import drift, partials
+from tasks.validation import expectations as lfx
+from tasks.validation.partials import ROW_LEVEL, UNIQUE, Chunk, Profile
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 512 * 1024  # rows per map task: a few row groups, bounded worker memory
+BUCKET_ROWS = 8_000_000  # at most this many keys per uniqueness reduce task (on average)
+TABLE_LEVEL = {
+    "expect_table_row_count_to_be_between",
+    "expect_table_columns_to_match_set",
+    "expect_table_columns_to_match_ordered_list",
+    "expect_column_values_to_be_of_type",
+    "expect_column_values_to_be_in_type_list",
+}
+SUPPORTED = TABLE_LEVEL | ROW_LEVEL | UNIQUE | lfx.DRIFT_TYPES | lfx.SPLIT_TYPES
+MAX_FILES_NAMED = 10
+
+
+class SuiteNotSupported(ValueError):
+    """The suite has an expectation type the distributed engine does not evaluate."""
+
+
+@dataclass
+class FileFacts:
+    url: str
+    columns: list[str]
+    types: dict[str, str]
+    rows: int
+
+
+@dataclass
+class Outcome:
+    result: ExpectationSuiteValidationResult
+    exps: list[dict[str, Any]]
+    successes: list[bool]
+    merged: dict[str, Any]
+    chunks: list[Chunk]
+    files: list[FileFacts]
+    drift: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(suite: dict[str, Any], suite_params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's expectations with ``$PARAMETER`` kwargs filled, numbered in suite order."""
+    out = []
+    for i, cfg in enumerate(suite["expectations"]):
+        if cfg["type"] not in SUPPORTED:
+            raise SuiteNotSupported(f"suite {suite['name']!r}: expectation {cfg['type']!r} is not supported")
+        kw = copy.deepcopy(cfg["kwargs"])
+        for k, v in kw.items():
+            if isinstance(v, dict) and "$PARAMETER" in v:
+                name = v["$PARAMETER"]
+                if name not in suite_params:
+                    raise SuiteNotSupported(f"suite {suite['name']!r}: no value for suite parameter {name!r}")
+                kw[k] = suite_params[name]
+        out.append({"i": i, "type": cfg["type"], "kwargs": kw, "meta": cfg.get("meta") or {}})
+    return out
+
+
+def plan(urls: list[str], crypto: Any, chunk_rows: int = CHUNK_ROWS) -> tuple[list[Chunk], list[FileFacts]]:
+    """Footers of every file -> chunks of consecutive row groups, and per-file schema facts."""
+    chunks: list[Chunk] = []
+    facts: list[FileFacts] = []
+    for url in urls:
+        pf = parquet_io.open_parquet(url, crypto)
+        schema = pf.schema_arrow
+        facts.append(FileFacts(url, schema.names, {f.name: str(f.type) for f in schema}, pf.metadata.num_rows))
+        run: list[int] = []
+        rows = 0
+        for g in range(pf.num_row_groups):
+            run.append(g)
+            rows += pf.metadata.row_group(g).num_rows
+            if rows >= chunk_rows:
+                chunks.append(Chunk(url, run, rows, len(chunks), schema.names))
+                run, rows = [], 0
+        if run:
+            chunks.append(Chunk(url, run, rows, len(chunks), schema.names))
+    return chunks, facts
+
+
+def _files_named(files: list[str]) -> list[str]:
+    return files[:MAX_FILES_NAMED] + (
+        [f"... {len(files) - MAX_FILES_NAMED} more"] if len(files) > MAX_FILES_NAMED else []
+    )
+
+
+def _table_level(e: dict[str, Any], files: list[FileFacts], rows: int) -> tuple[bool, dict[str, Any], str | None]:
+    kind, kw = e["type"], e["kwargs"]
+    if kind == "expect_table_row_count_to_be_between":
+        lo, hi = kw.get("min_value"), kw.get("max_value")
+        ok = (lo is None or rows >= lo) and (hi is None or rows <= hi)
+        return ok, {"observed_value": rows}, None
+    if kind in ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list"):
+        want = list(kw.get("column_set") or kw.get("column_list") or [])
+        bad: dict[str, dict[str, Any]] = {}
+        for f in files:
+            missing = [c for c in want if c not in f.columns]
+            unexpected = [c for c in f.columns if c not in want]
+            exact = kind.endswith("ordered_list") or kw.get("exact_match", True)
+            order_ok = not kind.endswith("ordered_list") or f.columns == want
+            if missing or (exact and unexpected) or not order_ok:
+                bad[f.url] = {"missing": missing, "unexpected": unexpected if exact else [], "observed": f.columns}
+        observed = sorted({c for f in files for c in f.columns})
+        mism = {
+            "missing": sorted({c for b in bad.values() for c in b["missing"]}),
+            "unexpected": sorted({c for b in bad.values() for c in b["unexpected"]}),
+        }
+        details = {"mismatched": mism, "files": {u: bad[u] for u in _files_named(list(bad)) if u in bad}}
+        msg = None
+        if bad:
+            msg = f"columns missing {mism['missing']} / unexpected {mism['unexpected']} in {_files_named(list(bad))}"
+        return not bad, {"observed_value": observed, "details": details}, msg
+    col = kw["column"]
+    allowed = [kw["type_"]] if kind == "expect_column_values_to_be_of_type" else list(kw["type_list"])
+    observed: dict[str, list[str]] = {}
+    for f in files:
+        if col in f.types:
+            observed.setdefault(f.types[col], []).append(f.url)
+    wrong = {t: us for t, us in observed.items() if t not in allowed}
+    absent = [f.url for f in files if col not in f.types]
+    details = {
+        "files_by_type": {t: _files_named(us) for t, us in observed.items()},
+        "files_missing_column": _files_named(absent),
+    }
+    msg = None
+    if wrong:
+        msg = "; ".join(f"type {t} (expected {' | '.join(allowed)}) in {_files_named(us)}" for t, us in wrong.items())
+    elif absent:
+        msg = f"column missing in {_files_named(absent)}"
+    return not wrong and not absent, {"observed_value": sorted(observed)}, msg
+
+
+def _row_level(e: dict[str, Any], m: dict[str, Any] | None) -> tuple[bool, dict[str, Any]]:
+    m = m or {"element_count": 0, "missing_count": 0, "unexpected_count": 0, "examples": []}
+    n, miss, unexp = m["element_count"], m["missing_count"], m["unexpected_count"]
+    nonmissing = n - miss
+    pct = lambda a, b: (100.0 * a / b) if b else 0.0  # noqa: E731
+    res: dict[str, Any] = {
+        "element_count": n,
+        "unexpected_count": unexp,
+        "unexpected_percent": pct(unexp, nonmissing if e["type"] != "expect_column_values_to_not_be_null" else n),
+        "unexpected_percent_total": pct(unexp, n),
+        "partial_unexpected_list": m["examples"],
+    }
+    if e["type"] != "expect_column_values_to_not_be_null":
+        res.update(
+            missing_count=miss, missing_percent=pct(miss, n), unexpected_percent_nonmissing=pct(unexp, nonmissing)
+        )
+    mostly = float(e["kwargs"].get("mostly", 1.0))
+    denom = n if e["type"] == "expect_column_values_to_not_be_null" else nonmissing
+    ok = denom == 0 or (denom - unexp) / denom >= mostly
+    return ok, res
+
+
+def _n_buckets(client: Client, rows: int) -> int:
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1).get("workers", {}).values())
+    return max(1, threads, math.ceil(rows / BUCKET_ROWS))
+
+
+def _profile_for(exps: list[dict[str, Any]], numeric_bounds: dict[str, tuple[float, float]]) -> Profile:
+    prof = Profile()
+    for e in exps:
+        col = e["kwargs"].get("column")
+        if e["type"] == "expect_column_psi_to_be_below" and col in numeric_bounds:
+            prof.numeric[col] = numeric_bounds[col]
+        elif e["type"] == "expect_column_category_share_delta_to_be_below":
+            prof.category.append(col)
+        elif e["type"] == "expect_column_null_rate_delta_to_be_below":
+            prof.nulls.append(col)
+    return prof
+
+
+def profile_files(client: Client, urls: list[str], crypto: Any, prof: Profile) -> dict[str, Any]:
+    """Drift profile of other files (the previous interval), read only for the profiled columns."""
+    chunks, _ = plan(urls, crypto)
+    futs = client.map(
+        partials.evaluate_chunk, chunks, crypto=crypto, exps=[], profile=prof, key_columns=[], n_buckets=1, pure=False
+    )
+    parts = client.gather(client.map(partials.first, futs, pure=False))
+    return partials.merge_profiles([p["profile"] for p in parts])
+
+
+def split_disjointness(client: Client, urls_by_split: dict[str, list[str]], crypto: Any, column: str) -> dict[str, Any]:
+    """Values of `column` that occur in more than one split, counted exactly via hash buckets."""
+    chunks_by: list[tuple[Chunk, str]] = []
+    for split, urls in urls_by_split.items():
+        chunks, _ = plan(urls, crypto)
+        chunks_by += [(c, split) for c in chunks]
+    rows = sum(c.rows for c, _ in chunks_by)
+    b = _n_buckets(client, rows)
+    futs = [client.submit(partials.split_groups_chunk, c, crypto, column, s, b, pure=False) for c, s in chunks_by]
+    reds = [
+        client.submit(
+            partials.count_shared_groups, *[client.submit(partials.pick, f, j, pure=False) for f in futs], pure=False
+        )
+        for j in range(b)
+    ]
+    out = {"groups": 0, "shared": 0, "examples": []}
+    for r in client.gather(reds):
+        out["groups"] += r["groups"]
+        out["shared"] += r["shared"]
+        out["examples"] += r["examples"][: partials.MAX_EXAMPLES - len(out["examples"])]
+    return out
+
+
+def validate(
+    client: Client,
+    suite: dict[str, Any],
+    urls: list[str],
+    crypto: Any,
+    suite_params: dict[str, Any],
+    *,
+    numeric_bounds: dict[str, tuple[float, float]] | None = None,
+    previous_urls: list[str] | None = None,
+    split: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Outcome:
+    """Validate every row of `urls` against `suite` on the cluster behind `client`.
+
+    `previous_urls`: files of the previous interval (drift); None = no previous interval.
+    `split`: {"rows": {group: n}, "clean_rows": n, "urls": {group: [url]}, "group_column": c} for split checks.
+    """
+    exps = resolve(suite, suite_params)
+    chunks, files = plan(urls, crypto)
+    rows_footer = sum(f.rows for f in files)
+    key_cols: list[str] = []
+    for e in exps:
+        if e["type"] in UNIQUE:
+            key_cols = partials.exp_columns(e)
+    prof = _profile_for(exps, numeric_bounds or {})
+    b = _n_buckets(client, rows_footer) if key_cols else 1
+    row_exps = [e for e in exps if e["type"] in ROW_LEVEL or e["type"] in UNIQUE]
+    log.info(
+        "validating %s: %d files, %d rows, %d chunks, %d dup buckets",
+        suite["name"],
+        len(files),
+        rows_footer,
+        len(chunks),
+        b if key_cols else 0,
+    )
+    futs = client.map(
+        partials.evaluate_chunk,
+        chunks,
+        crypto=crypto,
+        exps=row_exps,
+        profile=prof,
+        key_columns=key_cols,
+        n_buckets=b,
+        pure=False,
+    )
+    part_f = client.map(partials.first, futs, pure=False)
+    dup_f = []
+    if key_cols:
+        dup_f = [
+            client.submit(
+                partials.count_duplicates, *[client.submit(partials.bucket, f, j, pure=False) for f in futs], pure=False
+            )
+            for j in range(b)
+        ]
+    previous = profile_files(client, previous_urls, crypto, prof) if previous_urls else None
+    merged = partials.merge_partials(client.gather(part_f))
+    dups = client.gather(dup_f)
+    del futs
+    split_info = dict(split or {})
+    if split_info.get("urls") and any(e["type"] == "expect_split_groups_to_be_disjoint" for e in exps):
+        split_info["disjoint"] = split_disjointness(client, split_info["urls"], crypto, split_info["group_column"])
+
+    results: list[ExpectationValidationResult] = []
+    successes: list[bool] = []
+    drift_summary: dict[str, Any] = {"previous": previous is not None, "columns": {}}
+    for e in exps:
+        err: str | None = None
+        kind = e["type"]
+        if kind in TABLE_LEVEL:
+            ok, res, err = _table_level(e, files, merged["rows"])
+        elif kind in ROW_LEVEL:
+            ok, res = _row_level(e, merged["exp"].get(e["i"]))
+        elif kind in UNIQUE:
+            unexp = sum(d["unexpected_count"] for d in dups)
+            ex = [x for d in dups for x in d["examples"]][: partials.MAX_EXAMPLES]
+            m = {
+                "element_count": merged["rows"],
+                "missing_count": merged["key_missing"],
+                "unexpected_count": unexp,
+                "examples": ex,
+            }
+            ok, res = _row_level(e, m)
+        elif kind in lfx.DRIFT_TYPES:
+            ok, res = drift.evaluate(e, previous, merged["profile"])
+            col = e["kwargs"]["column"]
+            drift_summary["columns"].setdefault(col, {})[
+                kind.removeprefix("expect_column_").removesuffix("_to_be_below")
+            ] = res["observed_value"]
+        elif kind == "expect_split_rows_to_match_clean":
+            total = sum(split_info.get("rows", {}).values())
+            ok = bool(split_info) and total == split_info.get("clean_rows")
+            res = {
+                "observed_value": total,
+                "details": {"clean_rows": split_info.get("clean_rows"), "rows_by_split": split_info.get("rows", {})},
+            }
+            if not split_info:
+                ok, res = True, {"observed_value": None, "details": {"note": "no committed split output"}}
+        else:  # expect_split_groups_to_be_disjoint
+            d = split_info.get("disjoint")
+            if d is None:
+                ok, res = True, {"observed_value": None, "details": {"note": "no committed split output"}}
+            else:
+                ok = d["shared"] == 0
+                res = {
+                    "observed_value": d["shared"],
+                    "details": {"groups": d["groups"], "shared_examples": d["examples"]},
+                }
+        errs = merged["errors"].get(e["i"])
+        if errs:
+            ok = False
+            err = "; ".join(errs[:MAX_FILES_NAMED])
+        exc_info = {
+            "raised_exception": err is not None and kind not in TABLE_LEVEL,
+            "exception_message": err,
+            "exception_traceback": None,
+        }
+        cfg = ExpectationConfiguration(type=kind, kwargs=e["kwargs"], meta=e["meta"])
+        results.append(
+            ExpectationValidationResult(success=bool(ok), expectation_config=cfg, result=res, exception_info=exc_info)
+        )
+        successes.append(bool(ok))
+    n_ok = sum(successes)
+    stats = {
+        "evaluated_expectations": len(results),
+        "successful_expectations": n_ok,
+        "unsuccessful_expectations": len(results) - n_ok,
+        "success_percent": 100.0 * n_ok / len(results) if results else 100.0,
+    }
+    gx_meta = {
+        "leptonflow": {
+            **(meta or {}),
+            "engine": "dask",
+            "files": len(files),
+            "chunks": len(chunks),
+            "rows_validated": merged["rows"],
+        }
+    }
+    result = ExpectationSuiteValidationResult(
+        success=all(successes),
+        results=results,
+        suite_name=suite["name"],
+        suite_parameters=suite_params,
+        statistics=stats,
+        meta=gx_meta,
+    )
+    return Outcome(result, exps, successes, merged, chunks, files, drift_summary)
+
+
+def failing_row_level(outcome: Outcome) -> list[dict[str, Any]]:
+    """Failing expectations whose offending rows can be singled out (for the quarantine policy)."""
+    return [e for e, ok in zip(outcome.exps, outcome.successes, strict=True) if not ok and e["type"] in ROW_LEVEL]
