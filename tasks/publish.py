@@ -187,9 +187,14 @@ def load_published(url: str, ring: Keyring, options: dict[str, Any] | None = Non
 # ---- publishing -------------------------------------------------------------------
 def publish_files(
     url: str, name: str, version: str, files: dict[str, bytes], meta: dict[str, Any], ring: Keyring,
-    options: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None, verify_ring: Keyring | None = None,
 ) -> dict[str, Any]:
-    """Upload `files` + a signed manifest, verify it from the store, then move `latest`."""
+    """Upload `files` + a signed manifest, verify it from the store, then move `latest`.
+
+    `verify_ring` is the keyring consumers verify with (default: the signing one); a
+    mismatch fails the publish before `latest` moves.
+    """
+    verify_ring = verify_ring or ring
     store = Store.open(url, options)
     base = f"{store.root}/models/{name}"
     adir = f"{base}/{version}"
@@ -197,7 +202,7 @@ def publish_files(
     reused = False
     if store.fs.exists(mpath):
         try:
-            read_verified(store.url(adir), ring, options, want=set())
+            read_verified(store.url(adir), verify_ring, options, want=set())
             reused = True
             log.info("artifact %s/%s already published and verified: not uploading again", name, version)
         except ArtifactError as exc:
@@ -214,7 +219,7 @@ def publish_files(
         store.write_atomic(mpath, json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
     # re-read from the store (not our memory): only a verified upload may become `latest`
     store.fs.invalidate_cache()
-    read_verified(store.url(adir), ring, options, want=set())
+    read_verified(store.url(adir), verify_ring, options, want=set())
     manifest_bytes = store.read(mpath)
     pointer = {"name": name, "version": version, "manifest_sha256": sha256(manifest_bytes), "moved_at": time.time()}
     store.write_atomic(f"{base}/{LATEST}", json.dumps(pointer, sort_keys=True).encode())

@@ -1,0 +1,61 @@
+"""Serving exports: TorchScript for every candidate, ONNX (onnxruntime) for float ones, parity checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks import compress, export, prune
+from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
+
+
+@pytest.fixture(scope="module")
+def setup():
+    x_num, x_cat, y = make_data(2000, 0)
+    model = train_toy(ToyTabular(hidden=(48, 24)), x_num, x_cat, y, epochs=3)
+    test = make_data(600, 1)
+    return model, test
+
+
+def _auc(y: np.ndarray, logits: np.ndarray) -> float:
+    return compress.compute_metric("classification", y, logits, split="test")
+
+
+def test_torchscript_and_onnx_match_pytorch_on_a_pruned_float_model(setup):
+    model, (x_num, x_cat, y) = setup
+    pruned, _ = prune.prune_model(model, 0.5)
+    pruned.eval()
+    xn, xc = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+    ref = export.torch_runner(pruned)
+    ts = export.load_torchscript(export.to_torchscript(pruned, xn, xc))
+    p_ts = export.check_parity("torchscript", ref, export.torch_runner(ts), x_num, x_cat, y, _auc, batch=250)
+    assert p_ts.ok and p_ts.rows == 600 and p_ts.max_abs_diff <= 1e-6
+    onnx_bytes = export.to_onnx(pruned, xn, xc)
+    p_onnx = export.check_parity("onnx", ref, export.onnx_runner(onnx_bytes), x_num, x_cat, y, _auc)
+    assert p_onnx.ok and p_onnx.max_abs_diff < 1e-4
+    assert p_onnx.metric_export == pytest.approx(p_onnx.metric_model, abs=1e-4)
+    # the ONNX graph has a dynamic batch: one row works as well as 600
+    assert export.onnx_runner(onnx_bytes)(x_num[:1], x_cat[:1]).shape == (1,)
+
+
+def test_quantized_model_exports_to_torchscript_only(setup):
+    model, (x_num, x_cat, y) = setup
+    q = compress.quantizer("int8_dynamic").quantize(model)
+    xn, xc = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+    ts = export.load_torchscript(export.to_torchscript(q, xn, xc))
+    p = export.check_parity("torchscript", export.torch_runner(q), export.torch_runner(ts), x_num, x_cat, y, _auc)
+    assert p.ok and p.max_abs_diff == 0.0  # same int8 kernels in both runtimes
+    with pytest.raises(export.ExportError, match="ONNX export"):
+        export.to_onnx(q, xn, xc)
+
+
+def test_parity_detects_a_different_model(setup):
+    model, (x_num, x_cat, y) = setup
+    other = ToyTabular(hidden=(48, 24)).eval()  # untrained: different logits and AUC
+    p = export.check_parity("torchscript", export.torch_runner(model), export.torch_runner(other), x_num, x_cat, y,
+                            _auc)
+    assert not p.ok and p.max_abs_diff > 1e-3
+    with pytest.raises(export.ExportError, match="empty"):
+        export.check_parity("onnx", export.torch_runner(model), export.torch_runner(other), x_num[:0], x_cat[:0],
+                            y[:0], _auc)

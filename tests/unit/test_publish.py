@@ -1,0 +1,148 @@
+"""Publishing: signed artifact with lineage, verify-before-latest, tamper refusal, verified loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import compress, keyring, publish
+from tasks.context import StepContext
+from tasks.publish import ArtifactError
+from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
+
+DS = "2026-11-03"
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    tr, va, te = make_data(2000, 0), make_data(600, 1), make_data(600, 2)
+    model = train_toy(ToyTabular(hidden=(48, 24)), *tr, epochs=3)
+    splits = {"train": tr, "val": va, "test": te}
+    return model, {k: compress.TabularData.from_numpy(*d) for k, d in splits.items()}
+
+
+def _compressed_lake(ctx: StepContext, model, data) -> None:
+    params = {"compress_budget": 0.02, "compress_ratios": [0.5], "compress_quantizers": ["none", "int8_dynamic"],
+              "compress_finetune_epochs": 1, "compress_max_train_rows": 2000, "compress_latency_repeats": 3, "seed": 0}
+    compress.compress_and_commit(ctx.lake, ctx.dataset, ctx.ds, model, {"hidden": [48, 24]},
+                                 {"task": "classification"}, data, params, "fp", "code")
+
+
+@pytest.fixture
+def published(lf_home, model_and_data):
+    model, data = model_and_data
+    upstream = {"validate_raw": {"success": True, "evaluated": 12}, "validate_clean": {"success": True},
+                "plan_train": {"nproc": 1, "device": "cpu"}}
+    ctx = StepContext(dataset="events", ds=DS, params={"seed": 0, "api_key": "hunter2"}, upstream=upstream)
+    _compressed_lake(ctx, model, data)
+    return ctx, publish.run(ctx)
+
+
+def test_publish_writes_signed_manifest_with_lineage(published):
+    ctx, res = published
+    assert res["verified"] and res["asset_uri"] == "leptonflow://models/events"
+    adir = Path(res["artifact_url"])
+    assert adir.parent.name == "events" and adir.parent.parent.name == "models" and adir.name == res["version"]
+    doc = json.loads((adir / "manifest.json").read_text())
+    comp = ctx.lake.require("compressed", "events", DS)
+    assert doc["lineage"]["manifests"]["compressed"]["digest"] == comp.digest()
+    assert doc["lineage"]["manifests"]["model"] is None  # no model stage in this lake: recorded as absent
+    assert doc["lineage"]["validation"]["validate_raw"]["evaluated"] == 12
+    assert doc["lineage"]["plans"]["plan_train"] == {"nproc": 1, "device": "cpu"}
+    assert doc["lineage"]["interval"]["ds"] == DS and doc["code"]["version"]
+    assert "api_key" not in doc["params"] and doc["params"]["seed"] == 0  # secrets never in the manifest
+    assert "hunter2" not in (adir / "manifest.json").read_text()
+    for rel, meta in doc["files"].items():
+        assert (adir / rel).stat().st_size == meta["bytes"]
+    assert {"model.ts", "MODEL_CARD.md", "compression.png", "compression.md"} <= set(doc["files"])
+    card = (adir / "MODEL_CARD.md").read_text()
+    assert res["version"] in card and "Lineage" in card and "validate_raw: passed" in card
+    latest = json.loads((adir.parent / "latest.json").read_text())
+    assert latest["version"] == res["version"]
+
+
+def test_load_published_reproduces_the_compressed_model(published, model_and_data):
+    ctx, res = published
+    _, data = model_and_data
+    served = publish.load_published(res["artifact_url"], ctx.keys)
+    via_latest = publish.load_published(str(Path(res["artifact_url"]).parent), ctx.keys)
+    test = data["test"]
+    summary = ctx.lake.require("compressed", "events", DS).extra["summary"]
+    auc = compress.compute_metric("classification", test.y.numpy(), compress.predict(served, test))
+    assert auc == pytest.approx(summary["test_metric"], abs=1e-9)
+    assert np.array_equal(compress.predict(via_latest, test), compress.predict(served, test))
+
+
+def test_republish_is_idempotent_and_repairs_a_tampered_copy(published):
+    ctx, res = published
+    again = publish.run(ctx)
+    assert again["version"] == res["version"] and again["reused"]
+    model_file = Path(res["artifact_url"]) / "model.ts"
+    blob = bytearray(model_file.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="model.ts: checksum mismatch"):
+        publish.verify_artifact(res["artifact_url"], ctx.keys)
+    repaired = publish.run(ctx)
+    assert not repaired["reused"] and publish.verify_artifact(res["artifact_url"], ctx.keys)["verified"]
+
+
+def test_verify_cli_refuses_tampering_and_names_the_file(published, capsys):
+    ctx, res = published
+    adir = Path(res["artifact_url"])
+    assert publish.verify_cli([str(adir)]) == 0
+    assert json.loads(capsys.readouterr().out)["verified"] is True
+    card = adir / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\nall metrics are excellent\n")
+    assert publish.verify_cli([str(adir)]) == 1
+    err = capsys.readouterr().err
+    assert "REFUSED" in err and "MODEL_CARD.md" in err and "checksum mismatch" in err
+    with pytest.raises(ArtifactError, match="MODEL_CARD.md"):
+        publish.load_published(str(adir), ctx.keys)
+
+
+def test_edited_manifest_or_foreign_key_is_refused(published, tmp_path):
+    ctx, res = published
+    adir = Path(res["artifact_url"])
+    other = keyring.generate(tmp_path / "other.json")
+    with pytest.raises(ArtifactError, match="signature check failed"):
+        publish.verify_artifact(str(adir), other)
+    mpath = adir / "manifest.json"
+    doc = json.loads(mpath.read_text())
+    doc["metrics"]["compression"]["test_metric"] = 0.999
+    mpath.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="manifest.json: signature check failed"):
+        publish.verify_artifact(str(adir), ctx.keys)
+    # latest.json names the manifest's sha256: a swapped manifest is refused through the pointer too
+    with pytest.raises(ArtifactError, match="signature|another sha256"):
+        publish.verify_artifact(str(adir.parent), ctx.keys)
+
+
+def test_latest_moves_only_to_a_verified_version(published, model_and_data):
+    ctx, res = published
+    base = Path(res["artifact_url"]).parent
+    ctx2 = StepContext(dataset="events", ds=DS, params={"seed": 0, "model_name": "events"},
+                       upstream=ctx.upstream)
+    res2 = publish.run(ctx2)  # other params -> another version
+    assert res2["version"] != res["version"]
+    assert json.loads((base / "latest.json").read_text())["version"] == res2["version"]
+    # an upload that fails verification (here: consumers' keyring differs from the signing one) never moves latest
+    ring = keyring.generate(Path(ctx.keyring_path).parent / "x.json")
+    files = {"model.ts": b"abc"}
+    with pytest.raises(ArtifactError):
+        publish.publish_files(ctx.artifacts_url, "events", "v-bad", files, {}, ring,
+                              verify_ring=keyring.load(ctx.keyring_path))
+    assert json.loads((base / "latest.json").read_text())["version"] == res2["version"]
+    assert (base / "v-bad" / "manifest.json").exists()
+
+
+def test_bad_inputs_are_clear_errors(lf_home, tmp_path):
+    ctx = StepContext(dataset="events", ds="2026-11-09")
+    with pytest.raises(Exception, match="no committed compressed output"):
+        publish.run(ctx)
+    ring = keyring.generate(tmp_path / "k.json")
+    with pytest.raises(ArtifactError, match="no manifest.json or latest.json"):
+        publish.verify_artifact(str(tmp_path), ring)
