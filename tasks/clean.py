@@ -1,0 +1,617 @@
+"""The clean step: raw files of one interval -> clean rows + quarantined rows, on Dask.
+
+Plan (all per-partition work is Arrow-native, no per-row Python):
+
+1. On the client, read every raw file's footer: a corrupt/truncated/empty-bytes file,
+   a file without a required column, or a column whose type cannot be read as the
+   spec's type stops the step with an error naming the file and column, before any
+   work is submitted. Row groups are grouped into chunks (few, large map tasks).
+2. Map task per chunk: coerce every column to the spec type (unparseable values are
+   flagged, never silently nulled), trim/case-normalize strings, then give each row
+   the FIRST failing rule in this order: ``unparseable:<col>``, ``missing_required:<col>``,
+   ``out_of_range:<col>`` (reject rules), ``unknown_category:<col>`` (reject rules),
+   ``out_of_interval``. Clip/map rules repair the remaining rows. Rejected rows are
+   written to quarantine from the task (raw values as strings + ``_reason``,
+   ``_source_file``, ``_source_row``); valid rows are hash-partitioned on ``spec.key``
+   into ``P`` buckets.
+3. Reduce task per bucket (the shuffle moves each bucket's pieces from all map tasks
+   to one worker): sort by (key, dedupe_order..., source file, source row), keep the
+   first row per key, quarantine the others as ``duplicate_key``, and write the
+   survivors in (source file, source row) order. ``P`` depends only on the input
+   size, and every task is a pure function of its input, so output files are
+   byte-identical whatever the cluster size or worker failures (with encryption off).
+4. Exact accounting: rows_in (from the footers) == clean + rejected, else raise.
+   ``quarantine`` then ``clean`` manifests are committed; on any error the new
+   version folders are discarded and earlier commits stay untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from distributed import Client, wait
+
+from tasks.cluster import client_for, describe
+from tasks.context import StepContext
+from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint
+from tasks.parquet_io import ParquetReadError, write_table
+from tasks.spec import ColumnSpec, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+TARGET_FILE_BYTES = 128 << 20  # output files aim at ~128 MB
+CHUNK_ROWS = 1 << 20  # rows per map task (whole row groups)
+SRC_FILE, SRC_ROW = "_src_file", "_src_row"
+Q_REASON, Q_FILE, Q_ROW = "_reason", "_source_file", "_source_row"
+_INT_RE = r"^[+-]?[0-9]{1,18}$"
+_FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+_TS_BODY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?"
+_TS_ZONED_RE = _TS_BODY + r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
+_TS_NAIVE_RE = _TS_BODY + r"$"
+_TRUE = ["true", "t", "yes", "y", "1"]
+_FALSE = ["false", "f", "no", "n", "0"]
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+class CleanError(RuntimeError):
+    """The interval cannot be cleaned; the message names the file, column or rule."""
+
+
+# ---- reasons ---------------------------------------------------------------------------
+def reason_codes(spec: DatasetSpec) -> list[str]:
+    """All reject reasons of `spec` in priority order (a row gets the first that applies)."""
+    out = [f"unparseable:{c.name}" for c in spec.columns if c.type not in ("string", "category")]
+    out += [f"missing_required:{c.name}" for c in spec.columns if c.required]
+    out += [f"out_of_range:{c.name}" for c in spec.columns
+            if (c.min is not None or c.max is not None) and c.on_out_of_range == "reject"]
+    out += [f"unknown_category:{c.name}" for c in spec.columns if c.allowed and c.on_unknown == "reject"]
+    out += ["out_of_interval", "duplicate_key"]
+    return out
+
+
+def quarantine_schema(spec: DatasetSpec) -> pa.Schema:
+    return pa.schema([pa.field(c.name, pa.string()) for c in spec.columns]
+                     + [pa.field(Q_REASON, pa.string()), pa.field(Q_FILE, pa.string()), pa.field(Q_ROW, pa.int64())])
+
+
+# ---- coercion --------------------------------------------------------------------------
+def _is_str(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def check_coercible(t: pa.DataType, col: ColumnSpec, where: str) -> None:
+    """Raise CleanError if a raw column of type `t` can never be read as `col.type`."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    num = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    ok = {
+        "string": _is_str(t) or num or pa.types.is_boolean(t) or pa.types.is_timestamp(t) or pa.types.is_date(t),
+        "int": _is_str(t) or num or pa.types.is_boolean(t),
+        "float": _is_str(t) or num or pa.types.is_boolean(t),
+        "bool": _is_str(t) or pa.types.is_integer(t) or pa.types.is_boolean(t),
+        "timestamp": _is_str(t) or pa.types.is_timestamp(t) or pa.types.is_date(t),
+        "null": True,
+    }
+    ok["category"] = ok["string"]
+    if not (pa.types.is_null(t) or ok[col.type]):
+        raise CleanError(f"{where}: column {col.name!r} has type {t}, which cannot be read as {col.type} (spec rule)")
+
+
+def _cast_strings(s: pa.Array, target: pa.DataType, pattern: str) -> pa.Array:
+    """Cast strings to `target`; values that do not parse become null (never an exception)."""
+    try:
+        return s.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    ok = pc.match_substring_regex(s, pattern).fill_null(False)
+    filler = {pa.types.is_integer(target): "0", pa.types.is_floating(target): "0"}.get(True, "1970-01-01")
+    try:
+        return pc.if_else(ok, pc.if_else(ok, s, filler).cast(target), pa.nulls(len(s), target))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # rare: matches the pattern but still does not parse (month 13, overflow): per distinct value
+        uniq = pc.unique(pc.filter(s, ok))
+        parsed = []
+        for v in uniq.to_pylist():
+            try:
+                parsed.append(pa.array([v]).cast(target)[0].as_py())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                parsed.append(None)
+        return pc.take(pa.array(parsed, target), pc.index_in(s, value_set=uniq))
+
+
+def _strip(arr: pa.Array) -> pa.Array:
+    """Trimmed strings, empty -> null."""
+    s = pc.utf8_trim_whitespace(arr)
+    return pc.if_else(pc.equal(pc.binary_length(s), 0), pa.nulls(len(s), pa.string()), s)
+
+
+def coerce(arr: pa.Array, col: ColumnSpec) -> tuple[pa.Array, np.ndarray]:
+    """(values of the spec type, mask of rows whose non-empty value did not parse)."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    n = len(arr)
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(n, col.arrow_type()), np.zeros(n, dtype=bool)
+    if col.type in ("string", "category"):
+        s = _strip(arr if _is_str(t) else arr.cast(pa.string()))
+        if col.normalize == "lower":
+            s = pc.utf8_lower(s)
+        elif col.normalize == "upper":
+            s = pc.utf8_upper(s)
+        return s, np.zeros(n, dtype=bool)
+    src = arr
+    if _is_str(t):
+        src = _strip(arr)
+        if col.type == "int":
+            out = _cast_strings(src, pa.int64(), _INT_RE)
+        elif col.type == "float":
+            out = _cast_strings(src, pa.float64(), _FLOAT_RE)
+        elif col.type == "bool":
+            low = pc.utf8_lower(src)
+            out = pc.if_else(pc.is_in(low, value_set=pa.array(_TRUE)), True,
+                             pc.if_else(pc.is_in(low, value_set=pa.array(_FALSE)), False, pa.nulls(n, pa.bool_())))
+        else:  # timestamp: zoned strings are converted to UTC, naive ones are taken as UTC
+            zoned = pc.match_substring_regex(src, _TS_ZONED_RE).fill_null(False)
+            z = _cast_strings(pc.if_else(zoned, src, pa.nulls(n, pa.string())), UTC_US, _TS_ZONED_RE)
+            naive = _cast_strings(pc.if_else(zoned, pa.nulls(n, pa.string()), src), pa.timestamp("us"), _TS_NAIVE_RE)
+            out = pc.if_else(zoned, z, naive.cast(UTC_US))
+    elif col.type == "int":
+        if pa.types.is_floating(t) or pa.types.is_decimal(t):
+            f = arr.cast(pa.float64())
+            integral = pc.and_(pc.equal(pc.floor(f), f), pc.less(pc.abs(f), 9.2e18))
+            out = pc.if_else(integral, pc.if_else(integral, f, 0.0).cast(pa.int64()), pa.nulls(n, pa.int64()))
+        else:
+            out = _cast_numeric(arr, pa.int64())
+    elif col.type == "float":
+        f = arr.cast(pa.float64())
+        out = pc.if_else(pc.is_nan(f).fill_null(False), pa.nulls(n, pa.float64()), f)  # NaN is a missing value
+        src = out
+    elif col.type == "bool":
+        if pa.types.is_boolean(t):
+            out = arr
+        else:
+            out = pc.if_else(pc.equal(arr, 1), True, pc.if_else(pc.equal(arr, 0), False, pa.nulls(n, pa.bool_())))
+    else:  # timestamp from timestamp/date: naive values are UTC
+        if pa.types.is_date(t):
+            arr = arr.cast(pa.timestamp("us"))
+        out = arr.cast(pa.timestamp("us", tz=arr.type.tz)).cast(UTC_US) if arr.type.tz else arr.cast(
+            pa.timestamp("us")).cast(UTC_US)
+    bad = pc.and_(pc.is_valid(src), pc.is_null(out)).to_numpy(zero_copy_only=False)
+    return out, bad
+
+
+def _cast_numeric(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    try:
+        return arr.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. uint64 beyond int64: unparseable
+        f = arr.cast(pa.float64())
+        fits = pc.less(pc.abs(f), 9.2e18)
+        return pc.if_else(fits, pc.if_else(fits, arr, 0).cast(target), pa.nulls(len(arr), target))
+
+
+# ---- hashing (stable across processes and machines) -----------------------------------------
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * _M1
+        h = (h ^ (h >> np.uint64(27))) * _M2
+        return h ^ (h >> np.uint64(31))
+
+
+def hash_strings(arr: pa.Array) -> np.ndarray:
+    """64-bit polynomial hash of each UTF-8 value (nulls hash to a constant), fully vectorized."""
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset: arr.offset + n + 1].astype(np.int64)
+    base = offsets[0]
+    data = np.frombuffer(bufs[2], dtype=np.uint8)[base: offsets[-1]] if bufs[2] is not None else np.zeros(0, np.uint8)
+    lens = np.diff(offsets)
+    h = np.zeros(n, dtype=np.uint64)
+    nonempty = np.flatnonzero(lens > 0)
+    if len(nonempty):
+        starts = offsets[:-1] - base
+        pos = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lens)
+        powers = np.cumprod(np.full(int(lens.max()), 1099511628211, dtype=np.uint64), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            contrib = (data.astype(np.uint64) + np.uint64(1)) * powers[pos]
+            h[nonempty] = np.add.reduceat(contrib, starts[nonempty])
+    with np.errstate(over="ignore"):
+        h = _mix(h ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+    if arr.null_count:
+        h[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x5EED)
+    return h
+
+
+def bucket_of(table: pa.Table, key: tuple[str, ...], n_buckets: int) -> np.ndarray:
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for k in key:
+        with np.errstate(over="ignore"):
+            h = _mix(h * np.uint64(31) + hash_strings(table.column(k).combine_chunks()))
+    return (h % np.uint64(n_buckets)).astype(np.int64)
+
+
+# ---- tasks (run on workers) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    file_index: int
+    url: str  # full URL the workers open
+    rel: str  # lake-relative path written to quarantine
+    row_groups: tuple[int, ...]
+    first_row: int  # row number of the chunk's first row within its file
+    rows: int
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: DatasetSpec
+    start_us: int
+    end_us: int
+    n_buckets: int
+    clean_dir: str  # full URLs of the version folders
+    quarantine_dir: str
+    clean_version: str
+    quarantine_version: str
+    crypto: Any = None
+    files: tuple[str, ...] = ()  # lake-relative raw file paths, by file index
+
+
+def _read_chunk(chunk: Chunk) -> pa.Table:
+    fs, path = fsspec.core.url_to_fs(chunk.url)
+    try:
+        with fs.open(path, "rb") as fh:
+            return pq.ParquetFile(fh).read_row_groups(list(chunk.row_groups))
+    except (OSError, pa.ArrowException) as exc:
+        raise ParquetReadError(f"{chunk.rel}: cannot read row groups {list(chunk.row_groups)}: {exc}") from exc
+
+
+def _raw_strings(table: pa.Table, spec: DatasetSpec, rows: np.ndarray) -> dict[str, pa.Array]:
+    out = {}
+    for c in spec.columns:
+        if c.name in table.column_names:
+            col = table.column(c.name).combine_chunks().take(pa.array(rows))
+            if pa.types.is_dictionary(col.type):
+                col = col.dictionary_decode()
+            out[c.name] = col.cast(pa.string())
+        else:
+            out[c.name] = pa.nulls(len(rows), pa.string())
+    return out
+
+
+def clean_chunk(chunk: Chunk, job: Job) -> tuple[Any, ...]:
+    """Map task: (bucket_0, ..., bucket_P-1, meta). Rejected rows go to quarantine from here."""
+    spec = job.spec
+    raw = _read_chunk(chunk)
+    n = raw.num_rows
+    if n != chunk.rows:
+        raise CleanError(f"{chunk.rel}: row groups {list(chunk.row_groups)} have {n} rows, footer says {chunk.rows}")
+    codes = {r: i + 1 for i, r in enumerate(reason_codes(spec))}
+    reason = np.zeros(n, dtype=np.int16)
+
+    def flag(code: str, mask: np.ndarray) -> None:
+        np.copyto(reason, np.int16(codes[code]), where=(reason == 0) & mask)
+
+    cols: dict[str, pa.Array] = {}
+    for c in spec.columns:
+        if c.name in raw.column_names:
+            cols[c.name], bad = coerce(raw.column(c.name).combine_chunks(), c)
+            if bad.any():
+                flag(f"unparseable:{c.name}", bad)
+        else:
+            cols[c.name] = pa.nulls(n, c.arrow_type())
+    for c in spec.columns:
+        if c.required:
+            flag(f"missing_required:{c.name}", cols[c.name].is_null().to_numpy(zero_copy_only=False))
+    repaired: dict[str, int] = {}
+    for c in spec.columns:
+        if c.min is None and c.max is None:
+            continue
+        v = cols[c.name]
+        low = pc.less(v, c.min).fill_null(False) if c.min is not None else pa.repeat(False, n)
+        high = pc.greater(v, c.max).fill_null(False) if c.max is not None else pa.repeat(False, n)
+        bad = pc.or_(low, high).to_numpy(zero_copy_only=False)
+        if c.on_out_of_range == "reject":
+            flag(f"out_of_range:{c.name}", bad)
+        else:
+            if c.min is not None:
+                v = pc.max_element_wise(v, pa.scalar(c.min).cast(v.type))
+            if c.max is not None:
+                v = pc.min_element_wise(v, pa.scalar(c.max).cast(v.type))
+            cols[c.name] = v
+            repaired[f"clipped:{c.name}"] = int((bad & (reason == 0)).sum())
+    for c in spec.columns:
+        if not c.allowed:
+            continue
+        v = cols[c.name]
+        unknown = pc.and_(pc.is_valid(v), pc.invert(pc.is_in(v, value_set=pa.array(c.allowed)))).to_numpy(
+            zero_copy_only=False)
+        if c.on_unknown == "reject":
+            flag(f"unknown_category:{c.name}", unknown)
+        else:
+            cols[c.name] = pc.if_else(pa.array(unknown), c.unknown_value, v)
+            repaired[f"mapped_unknown:{c.name}"] = int((unknown & (reason == 0)).sum())
+    ts = cols[spec.time_column].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        outside = ~((ts >= job.start_us) & (ts < job.end_us))  # null (NaN) is outside too
+    flag("out_of_interval", outside)
+
+    rejected = np.flatnonzero(reason > 0)
+    meta: dict[str, Any] = {"chunk": chunk.index, "rows_in": n, "rejected": {}, "repaired": repaired,
+                            "quarantine": None, "bytes_shuffled": 0}
+    if len(rejected):
+        names = np.array(reason_codes(spec), dtype=object)
+        q = _raw_strings(raw, spec, rejected)
+        q[Q_REASON] = pa.array(names[reason[rejected] - 1].tolist(), pa.string())
+        q[Q_FILE] = pa.array(np.full(len(rejected), chunk.rel, dtype=object).tolist(), pa.string())
+        q[Q_ROW] = pa.array(rejected + chunk.first_row, pa.int64())
+        rel = f"rejects-f{chunk.file_index:05d}-c{chunk.index:05d}.parquet"
+        entry = write_table(f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
+                            f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
+        meta["quarantine"] = entry
+        vals, counts = np.unique(reason[rejected], return_counts=True)
+        meta["rejected"] = {str(names[v - 1]): int(k) for v, k in zip(vals, counts, strict=True)}
+
+    keep = np.flatnonzero(reason == 0)
+    schema = spec.arrow_schema()
+    good = pa.Table.from_arrays([cols[c.name].take(pa.array(keep)).cast(schema.field(c.name).type)
+                                 for c in spec.columns], schema=schema)
+    good = good.append_column(SRC_FILE, pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
+    good = good.append_column(SRC_ROW, pa.array(keep + chunk.first_row, pa.int64()))
+    bucket = bucket_of(good, spec.key, job.n_buckets)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(job.n_buckets + 1))
+    good = good.take(pa.array(order))
+    parts = [good.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])) for j in range(job.n_buckets)]
+    meta["bytes_shuffled"] = int(sum(p.nbytes for p in parts))
+    return (*parts, meta)
+
+
+def _same_as_previous(sorted_table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
+    n = sorted_table.num_rows
+    same = np.ones(max(n - 1, 0), dtype=bool)
+    for k in key:
+        col = sorted_table.column(k).combine_chunks()
+        a, b = col.slice(1), col.slice(0, n - 1)
+        eq = pc.or_(pc.equal(a, b).fill_null(False), pc.and_(a.is_null(), b.is_null()))
+        same &= eq.to_numpy(zero_copy_only=False)
+    return np.concatenate([[False], same]) if n else np.zeros(0, dtype=bool)
+
+
+def dedupe_bucket(j: int, job: Job, *parts: pa.Table) -> dict[str, Any]:
+    """Reduce task: keep the first row per key, quarantine the rest, write the bucket's clean file."""
+    spec = job.spec
+    table = pa.concat_tables(parts).combine_chunks() if parts else pa.table({})
+    n = table.num_rows
+    out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "clean": None, "quarantine": None}
+    if n == 0:
+        return out
+    order = [(k, "ascending") for k in (*spec.key, *spec.dedupe_order, SRC_FILE, SRC_ROW)]
+    table = table.sort_by(order)
+    dup = _same_as_previous(table, spec.key)
+    survivors = table.filter(pa.array(~dup)).sort_by([(SRC_FILE, "ascending"), (SRC_ROW, "ascending")])
+    losers = np.flatnonzero(dup)
+    if len(losers):
+        lt = table.take(pa.array(losers))
+        q = {c.name: lt.column(c.name).combine_chunks().cast(pa.string()) for c in spec.columns}
+        q[Q_REASON] = pa.array(["duplicate_key"] * len(losers), pa.string())
+        q[Q_FILE] = pc.take(pa.array(job.files, pa.string()), lt.column(SRC_FILE).combine_chunks())
+        q[Q_ROW] = lt.column(SRC_ROW).combine_chunks()
+        rel = f"duplicates-{j:05d}.parquet"
+        out["quarantine"] = write_table(f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
+                                        f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
+        out["duplicates"] = len(losers)
+    clean = survivors.drop_columns([SRC_FILE, SRC_ROW]).combine_chunks()
+    if clean.num_rows:
+        rel = f"part-{j:05d}.parquet"
+        out["clean"] = write_table(f"{job.clean_dir}/{rel}", clean, f"v={job.clean_version}/{rel}", crypto=job.crypto)
+    out["rows"] = clean.num_rows
+    return out
+
+
+# ---- the step ---------------------------------------------------------------------------------
+def _inspect(lake: Lake, files: list[str], spec: DatasetSpec, chunk_rows: int) -> tuple[list[Chunk], int, int]:
+    """Footers of all raw files: chunks, total rows, total bytes. Raises naming the bad file."""
+    chunks: list[Chunk] = []
+    total_rows = total_bytes = 0
+    for fi, path in enumerate(files):
+        rel = _rel(lake, path)
+        size = lake.fs.size(path)
+        if not size:
+            raise CleanError(f"{rel}: empty file (0 bytes), not a Parquet file")
+        try:
+            with lake.fs.open(path, "rb") as fh:
+                md = pq.ParquetFile(fh).metadata
+                schema = md.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            raise CleanError(f"{rel}: corrupt or truncated Parquet file: {exc}") from exc
+        for c in spec.columns:
+            if c.name not in schema.names:
+                if c.required:
+                    raise CleanError(f"{rel}: required column {c.name!r} is missing (spec {spec.name})")
+                log.warning("%s: optional column %r is missing; it will be null", rel, c.name)
+                continue
+            check_coercible(schema.field(c.name).type, c, rel)
+        extra = sorted(set(schema.names) - set(spec.column_names))
+        if extra:
+            log.warning("%s: columns %s are not in the spec and are dropped", rel, extra)
+        if md.num_rows == 0:
+            log.warning("%s: file has no rows", rel)
+        total_rows += md.num_rows
+        total_bytes += size
+        url = lake.full_url(path)
+        group: list[int] = []
+        first = acc = 0
+        for rg in range(md.num_row_groups):
+            rg_rows = md.row_group(rg).num_rows
+            if group and acc + rg_rows > chunk_rows:
+                chunks.append(Chunk(len(chunks), fi, url, rel, tuple(group), first, acc))
+                first, acc, group = first + acc, 0, []
+            group.append(rg)
+            acc += rg_rows
+        if group:
+            chunks.append(Chunk(len(chunks), fi, url, rel, tuple(group), first, acc))
+    return chunks, total_rows, total_bytes
+
+
+class _Sampler:
+    """Peak worker memory and spilled bytes, sampled from the scheduler's worker metrics."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.peak = 0
+        self.spilled = 0
+        self.last_log = 0.0
+
+    def sample(self) -> None:
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # noqa: BLE001 - a missed sample must not fail the step
+            return
+        for w in workers.values():
+            m = w.get("metrics", {})
+            self.peak = max(self.peak, int(m.get("memory", 0) or 0))
+            sp = m.get("spilled_bytes", {})
+            self.spilled = max(self.spilled, int(sp.get("disk", 0) or 0) if isinstance(sp, dict) else 0)
+
+
+def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, list, _Sampler]:
+    """Submit map + shuffle + reduce tasks; wait with progress logging; return (metas, reduces, sampler)."""
+    P = job.n_buckets
+    maps = [client.submit(clean_chunk, c, job, key=f"clean-map-{job.clean_version}-{c.index}", pure=False)
+            for c in chunks]
+    metas = [client.submit(operator.getitem, m, P, key=f"clean-meta-{job.clean_version}-{i}")
+             for i, m in enumerate(maps)]
+    reduces = []
+    for j in range(P):
+        parts = [client.submit(operator.getitem, m, j, key=f"clean-part-{job.clean_version}-{i}-{j}")
+                 for i, m in enumerate(maps)]
+        reduces.append(client.submit(dedupe_bucket, j, job, *parts, key=f"clean-reduce-{job.clean_version}-{j}"))
+    del maps  # the scheduler keeps what dependents need; lineage recomputes it if a worker dies
+    sampler = _Sampler(client)
+    pending = metas + reduces
+    t0 = time.monotonic()
+    while True:
+        try:
+            wait(pending, timeout=1.0)
+            finished = True
+        except TimeoutError:
+            finished = False
+        sampler.sample()
+        now = time.monotonic()
+        if finished or now - sampler.last_log > 5:
+            sampler.last_log = now
+            log.info("clean progress: map %d/%d, dedupe %d/%d (%.0fs)", sum(f.done() for f in metas), len(metas),
+                     sum(f.done() for f in reduces), len(reduces), now - t0)
+        if finished or any(f.status == "error" for f in pending):
+            break
+    return client.gather(metas), client.gather(reduces), sampler
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    spec, lake = ctx.spec, ctx.lake
+    files = lake.raw_files(ctx.dataset, ctx.ds)
+    if not files:
+        where = lake.interval_dir("raw", ctx.dataset, ctx.ds)
+        raise CleanError(f"no raw files for {ctx.dataset} ds={ctx.ds} under {where}")
+    start_us = int(ctx.interval_start.timestamp() * 1_000_000)
+    end_us = int(ctx.interval_end.timestamp() * 1_000_000)
+    params = dict(ctx.params)
+    fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us)
+    code = code_version("clean", "parquet_io")
+    hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)
+    if hit is not None and lake.cache_hit("quarantine", ctx.dataset, ctx.ds, fp, code, params) is not None:
+        log.info("clean %s ds=%s: cache hit (version %s)", ctx.dataset, ctx.ds, hit.version)
+        return {"cache_hit": True, "version": hit.version, **hit.extra.get("result", {})}
+
+    chunks, total_rows, total_bytes = _inspect(lake, files, spec, int(ctx.param("chunk_rows", CHUNK_ROWS)))
+    n_buckets = int(ctx.param("partitions", 0)) or max(
+        1, math.ceil(total_bytes / int(ctx.param("target_file_bytes", TARGET_FILE_BYTES))))
+    crypto = ctx.crypto()
+    cver, cdir = lake.new_version("clean", ctx.dataset, ctx.ds)
+    qver, qdir = lake.new_version("quarantine", ctx.dataset, ctx.ds)
+    files_rel = tuple(_rel(lake, p) for p in files)
+    job = Job(spec, start_us, end_us, n_buckets, lake.full_url(cdir), lake.full_url(qdir), cver, qver, crypto,
+              files_rel)
+    log.info("clean %s ds=%s: %d files, %d rows, %.1f MB -> %d map tasks, %d dedupe buckets",
+             ctx.dataset, ctx.ds, len(files), total_rows, total_bytes / 1e6, len(chunks), n_buckets)
+    try:
+        with client_for(ctx.cluster, ctx.plan("clean")) as client:
+            size = describe(client)
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+            per_worker_limit = max((w.get("memory_limit") or 0 for w in workers.values()), default=0)
+            metas, reduces, sampler = _run_graph(client, chunks, job)
+            sampler.sample()
+        rejected: dict[str, int] = {}
+        repaired: dict[str, int] = {}
+        for m in metas:
+            for k, v in m["rejected"].items():
+                rejected[k] = rejected.get(k, 0) + v
+            for k, v in m["repaired"].items():
+                repaired[k] = repaired.get(k, 0) + v
+        dups = sum(r["duplicates"] for r in reduces)
+        if dups:
+            rejected["duplicate_key"] = dups
+        rows_in = sum(m["rows_in"] for m in metas)
+        rows_clean = sum(r["rows"] for r in reduces)
+        rows_rejected = sum(rejected.values())
+        if rows_in != total_rows or rows_in != rows_clean + rows_rejected:
+            raise CleanError(f"row accounting failed for {ctx.dataset} ds={ctx.ds}: footers say {total_rows}, read "
+                             f"{rows_in}, clean {rows_clean} + rejected {rows_rejected}")
+        clean_files = [r["clean"] for r in reduces if r["clean"] is not None]
+        q_files = [m["quarantine"] for m in metas if m["quarantine"] is not None]
+        q_files += [r["quarantine"] for r in reduces if r["quarantine"] is not None]
+        accounting = {
+            "rows_in": rows_in, "rows_clean": rows_clean, "rows_rejected": rows_rejected,
+            "rejected_by_reason": dict(sorted(rejected.items())), "repaired_by_rule": dict(sorted(repaired.items())),
+            "bytes_read": total_bytes, "bytes_written": sum(f.bytes for f in clean_files + q_files),
+            "bytes_shuffled": sum(m["bytes_shuffled"] for m in metas), "files_in": len(files),
+        }
+        result = {
+            **accounting, "accounting": accounting, "clean_version": cver, "quarantine_version": qver,
+            "files_out": len(clean_files), "quarantine_files": len(q_files),
+            "input_bytes": total_bytes, "input_rows": total_rows, "partitions": len(chunks), "buckets": n_buckets,
+            "workers": size["workers"], "threads": size["threads"], "memory_limit": per_worker_limit,
+            "peak_memory_per_worker": sampler.peak, "spilled_bytes": sampler.spilled,
+        }
+        if rows_clean == 0:
+            log.warning("clean %s ds=%s: every row was rejected", ctx.dataset, ctx.ds)
+        common = {"input_fingerprint": fp, "code_version": code, "params": params}
+        lake.commit(Manifest("quarantine", ctx.dataset, ctx.ds, qver, files=_sorted(q_files), **common,
+                             extra={"accounting": accounting, "reasons": reason_codes(spec)}))
+        lake.commit(Manifest("clean", ctx.dataset, ctx.ds, cver, files=_sorted(clean_files), **common,
+                             extra={"accounting": accounting, "result": result, "schema": spec.arrow_schema().names}))
+    except BaseException:
+        lake.discard("clean", ctx.dataset, ctx.ds, cver)
+        lake.discard("quarantine", ctx.dataset, ctx.ds, qver)
+        raise
+    log.info("clean %s ds=%s: %d in -> %d clean + %d rejected %s", ctx.dataset, ctx.ds, rows_in, rows_clean,
+             rows_rejected, accounting["rejected_by_reason"])
+    return {"cache_hit": False, **result}
+
+
+def _sorted(entries: list[FileEntry]) -> list[FileEntry]:
+    return sorted(entries, key=lambda e: e.path)
+
+
+def _rel(lake: Lake, path: str) -> str:
+    return path[len(lake.root) + 1:] if path.startswith(lake.root + "/") else path
