@@ -20,9 +20,9 @@ venv: $(VENV)/.installed
 
 # Servers the tests start themselves (PostgreSQL) and the browser for the UI test.
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
-	  echo "installing PostgreSQL server and Chromium (Debian packages)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium >/dev/null; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL server, Chromium and docker-compose (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium docker-compose >/dev/null; \
 	fi
 
 ## make demo: the whole pipeline DAG for one interval through the real Airflow scheduler, then a summary

@@ -1,0 +1,118 @@
+"""The whole pipeline DAG through the REAL scheduler, dag-processor, triggerer and
+LocalExecutor (not dag.test(): child processes behave differently under the executor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from leptonflow_airflow.stack import AirflowStack
+
+from tasks import datagen
+from tasks.spec import spec_for
+from tasks.steps import ORDER
+
+pytestmark = pytest.mark.slow
+DAG_ID = "leptonflow_events"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """One scheduled run of yesterday's interval on a fresh Airflow home and lake."""
+    base = tmp_path_factory.mktemp("e2e")
+    stack = AirflowStack(home=base / "airflow", lf_home=base / "lf")
+    env = {k: v for k, v in stack.env.items() if k.startswith("LEPTONFLOW_")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ds = (date.today() - timedelta(days=1)).isoformat()
+    gen = datagen.generate(env["LEPTONFLOW_LAKE"], spec_for("events"), ds, 1, 40_000, seed=11)
+    stack.init()
+    try:
+        stack.start()
+        stack.wait_dag(DAG_ID)
+        stack.cli("dags", "unpause", DAG_ID)
+        run_id = stack.wait_scheduled_run(DAG_ID, ds)
+        state = stack.wait_run(DAG_ID, run_id, timeout=1500)
+        states = stack.task_states(DAG_ID, run_id)
+        yield {"stack": stack, "run_id": run_id, "state": state, "states": states, "ds": ds, "gen": gen, "env": env}
+    finally:
+        stack.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_every_task_succeeded(pipeline_run):
+    failed = {t: s for t, s in pipeline_run["states"].items() if s != "success"}
+    if failed:
+        st = pipeline_run["stack"]
+        logs = "\n".join(st.task_log(DAG_ID, pipeline_run["run_id"], t)[-3000:] for t in failed)
+        pytest.fail(f"tasks not successful: {failed}\n{logs}")
+    assert pipeline_run["state"] == "success"
+    assert set(pipeline_run["states"]) == set(ORDER)
+
+
+def test_rows_are_accounted_for_exactly(pipeline_run):
+    from tasks.context import StepContext
+
+    ctx = StepContext(dataset="events", ds=pipeline_run["ds"])
+    raw_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in ctx.lake.raw_files("events", ctx.ds))
+    clean = ctx.lake.require("clean", "events", ctx.ds)
+    quarantine = ctx.lake.require("quarantine", "events", ctx.ds)
+    acc = clean.extra["accounting"]
+    assert acc["rows_in"] == raw_rows
+    assert acc["rows_in"] == acc["rows_clean"] + acc["rows_rejected"]
+    assert clean.rows == acc["rows_clean"] and quarantine.rows == acc["rows_rejected"]
+    split = ctx.lake.require("split", "events", ctx.ds)
+    assert sum(split.rows_in(g) for g in ("train", "val", "test")) == clean.rows
+    for stage in ("secure", "model", "evaluation", "compressed"):
+        assert ctx.lake.require(stage, "events", ctx.ds).signature
+
+
+def test_published_model_predicts_better_than_chance(pipeline_run):
+    from sklearn.metrics import roc_auc_score
+
+    from tasks import evaluate, features, publish
+    from tasks.context import StepContext
+    from tasks.parquet_io import read_table
+
+    ctx = StepContext(dataset="events", ds=pipeline_run["ds"])
+    pointer = json.loads(Path(ctx.artifacts_url, "models", "events", "latest.json").read_text())
+    url = pointer.get("artifact_url") or pointer["url"]
+    model = publish.load_published(url, ctx.keys)
+    split = ctx.lake.require("split", "events", ctx.ds)
+    stats = split.extra["feature_stats"]
+    crypto = ctx.crypto()
+    tables = [read_table(ctx.lake.abspath(split, f), crypto) for f in split.group_files("test")]
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables)
+    _, _, y = features.transform(table, stats)
+    scores = evaluate.predict(model, stats, table)
+    auc = roc_auc_score(y, np.asarray(scores))
+    assert auc > 0.65, auc
+
+
+def test_no_key_material_in_logs_or_xcom(pipeline_run):
+    from tasks import keyring
+    from tasks.crypto import key_material_fingerprints
+
+    ring = keyring.load(pipeline_run["env"]["LEPTONFLOW_KEYRING"], create=False)
+    needles = key_material_fingerprints(ring)
+    assert needles
+    home = pipeline_run["stack"].home
+    texts = [p.read_text(errors="replace") for p in (home / "logs").rglob("*.log")]
+    db = sqlite3.connect(home / "airflow.db")
+    texts += [str(v) for (v,) in db.execute("select value from xcom")]
+    db.close()
+    assert texts
+    for needle in needles:
+        assert not any(needle in t for t in texts), "key material leaked into a log or XCom"
