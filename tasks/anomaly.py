@@ -202,12 +202,19 @@ def split_partition(df: pd.DataFrame, model: AnomalyModel | None) -> tuple[pd.Da
     return df[~flags], bad
 
 
-def judge(ctx: Any, rows: int, anomalies: int) -> dict[str, Any]:
-    """Apply the interval-level rule: rate over ``anomaly_max_rate`` alerts (fail raises, warn logs)."""
+def _rule(ctx: Any) -> tuple[float, str]:
     max_rate = float(ctx.param("anomaly_max_rate", ctx.spec.anomaly.get("max_rate", 0.05)))
     policy = str(ctx.param("anomaly_policy", DEFAULTS["anomaly_policy"]))
     if policy not in ("fail", "warn"):
         raise ValueError(f"Param anomaly_policy must be 'fail' or 'warn', got {policy!r}")
+    if not 0.0 <= max_rate <= 1.0:
+        raise ValueError(f"Param anomaly_max_rate must be in [0, 1], got {max_rate}")
+    return max_rate, policy
+
+
+def judge(ctx: Any, rows: int, anomalies: int) -> dict[str, Any]:
+    """Apply the interval-level rule: rate over ``anomaly_max_rate`` alerts (fail raises, warn logs)."""
+    max_rate, policy = _rule(ctx)
     rate = anomalies / rows if rows else 0.0
     alert = rate > max_rate
     out = {"rows": rows, "anomalies": anomalies, "rate": round(rate, 6), "max_rate": max_rate, "policy": policy,
@@ -243,6 +250,7 @@ def score_interval(ctx: Any, table_or_files: Any = None, model: AnomalyModel | N
     Returns small JSON (counts, rate, threshold, alert); raises :class:`AnomalyAlert` when the
     rate is over the limit and the policy is ``fail``.
     """
+    _rule(ctx)  # bad Params fail before any work
     model = model if model is not None else fit_for_context(ctx)
     if model is None:
         return {"skipped": "no history", "rows": 0, "anomalies": 0, "rate": 0.0, "alert": False}
