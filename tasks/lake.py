@@ -113,8 +113,13 @@ def params_key(params: dict[str, Any]) -> str:
 
 
 class Lake:
-    def __init__(self, root: str, signer: Signer | None = None, verifier: Verifier | None = None):
+    def __init__(
+        self, root: str, signer: Signer | None = None, verifier: Verifier | None = None, gc_grace_s: float | None = None
+    ):
         self.url = str(root)
+        # Superseded versions are deleted only once older than this, so a concurrent run of the
+        # same interval that is still reading the version it started with is not pulled from under.
+        self.gc_grace_s = float(os.environ.get("LEPTONFLOW_GC_GRACE_S", 300) if gc_grace_s is None else gc_grace_s)
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.root = self.root.rstrip("/")
         self.signer = signer
@@ -168,16 +173,33 @@ class Lake:
         if self.signer is not None:
             manifest.signature = self.signer(manifest.payload())
         idir = self.interval_dir(manifest.stage, manifest.dataset, manifest.ds)
-        previous = self.manifest(manifest.stage, manifest.dataset, manifest.ds, verify=False)
         self.fs.makedirs(idir, exist_ok=True)
         self._write_atomic(f"{idir}/{MANIFEST}", manifest.to_json().encode())
         log.info(
             "committed %s/%s ds=%s version=%s rows=%d files=%d",
             manifest.stage, manifest.dataset, manifest.ds, manifest.version, manifest.rows, len(manifest.files),
         )
-        if previous is not None and previous.version != manifest.version:
-            self.discard(manifest.stage, manifest.dataset, manifest.ds, previous.version)
+        self.collect_garbage(manifest.stage, manifest.dataset, manifest.ds, keep=manifest.version)
         return manifest
+
+    def collect_garbage(self, stage: str, dataset: str, ds: str, keep: str) -> list[str]:
+        """Delete version folders other than `keep` that are older than the grace period."""
+        idir = self.interval_dir(stage, dataset, ds)
+        removed = []
+        now = time.time()
+        for p in self.fs.ls(idir, detail=True):
+            name = p["name"].rstrip("/").rsplit("/", 1)[-1]
+            if p["type"] != "directory" or not name.startswith("v=") or name == f"v={keep}":
+                continue
+            version = name[2:]
+            try:  # version ids start with their creation time (local clock of the writer)
+                born = time.mktime(time.strptime(version.split("-", 1)[0], "%Y%m%dT%H%M%S"))
+            except ValueError:
+                born = 0.0
+            if now - born >= self.gc_grace_s:
+                self.discard(stage, dataset, ds, version)
+                removed.append(version)
+        return removed
 
     def discard(self, stage: str, dataset: str, ds: str, version: str) -> None:
         vdir = f"{self.interval_dir(stage, dataset, ds)}/v={version}"

@@ -15,7 +15,7 @@ from tasks.signing import signer_for, verifier_for
 @pytest.fixture
 def lake(tmp_path):
     ring = load_keyring(tmp_path / "keys" / "keyring.json")
-    return Lake(str(tmp_path / "lake"), signer=signer_for(ring), verifier=verifier_for(ring))
+    return Lake(str(tmp_path / "lake"), signer=signer_for(ring), verifier=verifier_for(ring), gc_grace_s=0)
 
 
 def _commit(lake: Lake, ds: str, rows: int, **kw) -> Manifest:
@@ -81,3 +81,16 @@ def test_truncated_parquet_error_names_file(tmp_path):
     open(url, "wb").write(data[: len(data) // 2])
     with pytest.raises(ParquetReadError, match="t.parquet"):
         read_table(url)
+
+
+def test_superseded_version_survives_grace_period(tmp_path):
+    ring = load_keyring(tmp_path / "keys" / "keyring.json")
+    lake = Lake(str(tmp_path / "lake"), signer=signer_for(ring), verifier=verifier_for(ring), gc_grace_s=3600)
+    first = _commit(lake, "2026-11-01", 3)
+    second = _commit(lake, "2026-11-01", 4)
+    idir = lake.interval_dir("clean", "events", "2026-11-01")
+    # a concurrent reader of the first version can still finish; readers only see the second
+    assert lake.fs.exists(f"{idir}/v={first.version}")
+    assert lake.require("clean", "events", "2026-11-01").version == second.version
+    lake.gc_grace_s = 0
+    assert lake.collect_garbage("clean", "events", "2026-11-01", keep=second.version) == [first.version]
