@@ -263,7 +263,7 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
         min_workers=fixed_workers or _int_param(ctx, "min_workers", 1),
         max_workers=fixed_workers or _int_param(ctx, "max_workers", int(ctx.cluster.get("max_workers", max_default))),
         threads_per_worker=_int_param(ctx, "threads_per_worker", 1),
-        memory_per_worker=_int_param(ctx, "memory_per_worker", 2 << 30),
+        memory_per_worker=_int_param(ctx, "memory_per_worker", int(ctx.cluster.get("worker_memory", 2 << 30))),
         partition_bytes=partition_bytes,
         min_history=_int_param(ctx, "min_history", MIN_HISTORY),
         quantile=_float_param(ctx, "forecast_quantile", QUANTILE),

@@ -131,7 +131,8 @@ def connect(config: dict[str, Any], plan: ClusterPlan) -> Iterator[Client]:
     with _open(config) as gw:
         cluster = _find_or_create(gw, config)
         try:
-            client = cluster.get_client(set_as_default=False)
+            # the default client, like the local and address backends' Client(): steps may use default_client()
+            client = cluster.get_client(set_as_default=True)
             have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
             if have < plan.workers:  # grow only: the shared cluster may be serving a larger job
                 cluster.scale(plan.workers)
