@@ -155,6 +155,13 @@ def record_step(ctx: Any, step: str, result: dict[str, Any] | None, wall_s: floa
     result = result if isinstance(result, dict) else {}
     plan = ctx.plan(step) or {}
     predicted = plan.get("predicted") or {}
+    workers = int(_num(_metric(result, "workers", "nproc") or plan.get("workers"), "workers"))
+    # a result's "threads" is the cluster total (as tasks.cluster.describe reports it); the store keeps per worker
+    per_worker = _metric(result, "threads_per_worker")
+    total = _metric(result, "threads")
+    if per_worker is None and total is not None and workers:
+        per_worker = max(1, round(_num(total, "threads") / workers))
+    threads = int(_num(per_worker if per_worker is not None else plan.get("threads_per_worker"), "threads"))
     fields: dict[str, Any] = {
         "stage": step,
         "dataset": ctx.dataset,
@@ -163,9 +170,8 @@ def record_step(ctx: Any, step: str, result: dict[str, Any] | None, wall_s: floa
         "input_bytes": _num(_metric(result, "input_bytes", "bytes_read", "bytes_in"), "input_bytes"),
         "input_rows": _num(_metric(result, "input_rows", "rows_in"), "input_rows"),
         "partitions": int(_num(_metric(result, "partitions", "npartitions"), "partitions")),
-        "workers": int(_num(_metric(result, "workers", "nproc") or plan.get("workers"), "workers")),
-        "threads": int(_num(_metric(result, "threads", "threads_per_worker") or plan.get("threads_per_worker"),
-                            "threads")),
+        "workers": workers,
+        "threads": threads,
         "memory_limit": _num(_metric(result, "memory_limit") or plan.get("memory_limit"), "memory_limit"),
         "wall_s": float(wall_s),
         "cpu_s": float(cpu_s),

@@ -59,7 +59,7 @@ def test_record_step_reads_result_and_plan(lf_home):
               "metrics": {"partitions": 4, "peak_memory_per_worker": 4.5e8, "spilled_bytes": 0}}
     history.record_step(ctx, "clean", result, wall_s=8.0, cpu_s=11.0, success=True)
     # a step without a plan, whose result names its own cluster size
-    history.record_step(ctx, "split", {"input_bytes": 10, "workers": 5, "threads": 1}, 2.0, 1.0, False)
+    history.record_step(ctx, "split", {"input_bytes": 10, "workers": 5, "threads": 10}, 2.0, 1.0, False)
 
     (row,) = history.runs(ctx.history_url, "clean", "events")
     assert row["input_rows"] == 1000 and row["input_bytes"] == 123456 and row["partitions"] == 4
@@ -67,7 +67,8 @@ def test_record_step_reads_result_and_plan(lf_home):
     assert row["peak_memory_per_worker"] == 4.5e8 and row["cpu_s"] == 11.0 and row["run_id"] == "r1"
     assert (row["plan_source"], row["predicted_wall_s"], row["predicted_wall_s_upper"]) == ("forecast", 10.0, 12.0)
     (srow,) = history.runs(ctx.history_url, "split")
-    assert srow["workers"] == 5 and srow["success"] is False and srow["predicted_wall_s"] is None
+    assert (srow["workers"], srow["threads"]) == (5, 2) and srow["success"] is False
+    assert srow["predicted_wall_s"] is None
 
     acc = history.accuracy(ctx.history_url, "clean", "events")
     assert acc["n"] == 1 and acc["wall_mape"] == pytest.approx(0.25) and acc["upper_coverage"] == 1.0
