@@ -84,8 +84,9 @@ def resolve(suite: dict[str, Any], suite_params: dict[str, Any]) -> list[dict[st
     return out
 
 
-def plan(urls: list[str], crypto: Any, chunk_rows: int = CHUNK_ROWS) -> tuple[list[Chunk], list[FileFacts]]:
+def plan(urls: list[str], crypto: Any, chunk_rows: int | None = None) -> tuple[list[Chunk], list[FileFacts]]:
     """Footers of every file -> chunks of consecutive row groups, and per-file schema facts."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     chunks: list[Chunk] = []
     facts: list[FileFacts] = []
     for url in urls:
