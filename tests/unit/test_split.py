@@ -1,0 +1,124 @@
+"""The split step: group-aware deterministic hash split, derived columns, train-only feature statistics."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from distributed import LocalCluster
+
+from tasks import clean, datagen, features, split
+from tasks.context import StepContext
+from tasks.parquet_io import read_table
+from tasks.spec import spec_for
+
+SPEC = spec_for("events")
+DS = "2026-11-01"
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0", protocol="tcp",
+                      host="127.0.0.1") as cluster:
+        yield cluster.scheduler_address
+
+
+def _ctx(tmp_path: Path, address: str, **params) -> StepContext:
+    return StepContext("events", DS, lake_url=str(tmp_path / "lake"), keyring_path=str(tmp_path / "keys.json"),
+                       params={"encrypt": False, **params}, cluster={"backend": "address", "address": address})
+
+
+@pytest.fixture
+def cleaned(tmp_path, dask_address, monkeypatch) -> StepContext:
+    monkeypatch.setenv("LEPTONFLOW_GC_GRACE_S", "0")
+    datagen.generate(str(tmp_path / "lake"), SPEC, DS, 1, 40_000, seed=21, files_per_day=3)
+    ctx = _ctx(tmp_path, dask_address, partitions=3)
+    clean.run(ctx)
+    return ctx
+
+
+def _group_tables(ctx: StepContext) -> dict[str, pa.Table]:
+    m = ctx.lake.require("split", "events", DS)
+    return {g: pa.concat_tables([read_table(ctx.lake.abspath(m, f)) for f in m.group_files(g)])
+            for g in split.GROUPS}
+
+
+def test_assignment_is_md5_of_salt_and_group_and_ratios_hold_at_200k_groups():
+    users = pa.array([f"user-{i}" for i in range(200_000)])
+    code = split.assign(users, SPEC)
+    share = np.bincount(code, minlength=3) / len(code)
+    assert abs(share[0] - 0.8) < 0.005 and abs(share[1] - 0.1) < 0.005 and abs(share[2] - 0.1) < 0.005
+    # the definition, in plain Python, for a few values (what any other engine must reproduce)
+    for i in (0, 1, 12345, 199_999):
+        u = int(hashlib.md5(f"leptonflow-v1:user-{i}".encode()).hexdigest()[:8], 16) / 2**32
+        assert code[i] == (0 if u < 0.8 else 1 if u < 0.9 else 2)
+    # the same group always gets the same split, wherever it appears
+    shuffled = pa.array([f"user-{i}" for i in (5, 5, 17, 5, 17)])
+    c = split.assign(shuffled, SPEC)
+    assert c[0] == c[1] == c[3] == code[5] and c[2] == c[4] == code[17]
+
+
+def test_split_is_group_disjoint_complete_and_deterministic(cleaned, dask_address, tmp_path):
+    r = split.run(cleaned)
+    clean_rows = cleaned.lake.require("clean", "events", DS).rows
+    assert sum(r["rows"].values()) == clean_rows and r["cache_hit"] is False
+    tables = _group_tables(cleaned)
+    users = {g: set(t.column("user_id").to_pylist()) for g, t in tables.items()}
+    assert not users["train"] & users["val"] and not users["train"] & users["test"] and not users["val"] & users["test"]
+    assert {g: t.num_rows for g, t in tables.items()} == r["rows"]
+    assert 0.7 < r["rows"]["train"] / clean_rows < 0.9
+    # derived hour column is the UTC hour of event_ts
+    t = tables["val"]
+    assert t.schema.names == [*SPEC.arrow_schema().names, "hour"]
+    assert t.column("hour").to_pylist() == pc.hour(t.column("event_ts")).cast(pa.int64()).to_pylist()
+    # cache hit, then a forced rerun gives byte-identical files
+    assert split.run(cleaned)["cache_hit"] is True
+    m1 = cleaned.lake.require("split", "events", DS)
+    d1 = {f.path.split("/", 1)[1]: f.sha256 for f in m1.files}
+    r2 = split.run(_ctx(tmp_path, dask_address, partitions=3, rerun=1))
+    m2 = cleaned.lake.require("split", "events", DS)
+    assert r2["cache_hit"] is False and m2.version != m1.version
+    assert {f.path.split("/", 1)[1]: f.sha256 for f in m2.files} == d1
+    assert m2.extra["feature_stats"] == m1.extra["feature_stats"]
+
+
+def test_feature_stats_are_fitted_on_train_only(cleaned):
+    split.run(cleaned)
+    stats = cleaned.lake.require("split", "events", DS).extra["feature_stats"]
+    tables = _group_tables(cleaned)
+    train, everything = tables["train"], pa.concat_tables(tables.values())
+    assert stats["rows"] == train.num_rows
+    price = train.column("price").to_numpy()
+    assert stats["numeric"]["price"]["count"] == train.num_rows
+    assert stats["numeric"]["price"]["mean"] == pytest.approx(price.mean(), rel=1e-9)
+    assert stats["numeric"]["price"]["std"] == pytest.approx(price.std(), rel=1e-9)
+    assert stats["numeric"]["price"]["mean"] != pytest.approx(everything.column("price").to_numpy().mean(), rel=1e-9)
+    dev = dict(zip(*np.unique(train.column("device").to_numpy(zero_copy_only=False), return_counts=True),
+                   strict=True))
+    assert stats["categorical"]["device"]["counts"] == {k: int(v) for k, v in dev.items()}
+    # contract shape and the transform works on the split files
+    for key in ("label", "task", "numeric_features", "categorical_features"):
+        assert key in stats
+    x_num, x_cat, y = features.transform(tables["test"], stats)
+    assert x_num.shape == (tables["test"].num_rows, 4) and x_cat.min() >= 0 and set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_split_without_clean_rows_fails_clearly(tmp_path, dask_address):
+    with pytest.raises(Exception, match="no committed clean output"):
+        split.run(_ctx(tmp_path, dask_address))
+
+
+def test_split_of_an_all_rejected_interval_says_there_is_nothing_to_split(tmp_path, dask_address):
+    none = datagen.FaultRates.none()
+    datagen.generate(str(tmp_path / "lake"), SPEC, DS, 1, 500, seed=1, files_per_day=1, faults=none)
+    ctx = _ctx(tmp_path, dask_address)
+    ctx.interval_start = ctx.interval_start.replace(year=2025)  # every row is now out of the interval
+    ctx.interval_end = ctx.interval_end.replace(year=2025)
+    r = clean.run(ctx)
+    assert r["rows_clean"] == 0 and r["rejected_by_reason"] == {"out_of_interval": 500}
+    with pytest.raises(split.SplitError, match="has no rows"):
+        split.run(ctx)
