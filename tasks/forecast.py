@@ -133,11 +133,11 @@ class Forecaster:
         return out
 
 
-def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int,
-                       partition_bytes: float) -> dict[str, np.ndarray]:
+def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int, partition_bytes: float,
+                       bytes_per_s: float = HEURISTIC_BYTES_PER_S) -> dict[str, np.ndarray]:
     """The no-history estimate described in the module docstring (upper = 1.5 x point estimate)."""
     w = np.asarray(workers, float)
-    wall = HEURISTIC_OVERHEAD_S + input_bytes / (HEURISTIC_BYTES_PER_S * w * threads)
+    wall = HEURISTIC_OVERHEAD_S + input_bytes / (bytes_per_s * w * threads)
     mem = np.full_like(w, HEURISTIC_BASE_MEMORY + HEURISTIC_MEMORY_FACTOR * partition_bytes * threads)
     return {"wall_s": wall, "wall_s_upper": 1.5 * wall, "peak_memory": mem, "peak_memory_upper": mem}
 
@@ -154,8 +154,13 @@ def make_plan(
     partition_bytes: float = DEFAULT_PARTITION_BYTES,
     min_history: int = MIN_HISTORY,
     quantile: float = QUANTILE,
+    heuristic_bytes_per_s: float = HEURISTIC_BYTES_PER_S,
 ) -> ClusterPlan:
-    """Smallest cluster meeting `deadline_s` (at the upper quantile) and fitting in memory."""
+    """Smallest cluster meeting `deadline_s` (at the upper quantile) and fitting in memory.
+
+    `heuristic_bytes_per_s` (Param ``heuristic_bytes_per_s``) is the per-thread throughput the
+    no-history heuristic assumes; a deployment sets it from one measured run.
+    """
     if min_workers < 1 or max_workers < min_workers:
         raise ValueError(f"plan: need 1 <= min_workers <= max_workers, got {min_workers}..{max_workers}")
     if deadline_s <= 0:
@@ -169,14 +174,14 @@ def make_plan(
         source = "forecast"
         why = f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio:.2f})"
         if "peak_memory" not in est:
-            h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes)
+            h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s)
             est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])
             why += "; memory from heuristic (no peak-memory history)"
     else:
-        est = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes)
+        est = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s)
         source = "heuristic"
         why = (f"only {f.n_runs} successful runs in history (< {min_history}): "
-               f"{HEURISTIC_BYTES_PER_S >> 20} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
+               f"{heuristic_bytes_per_s / 2**20:.3g} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
     fits_time = est["wall_s_upper"] <= deadline_s
     fits_mem = est["peak_memory_upper"] <= memory_per_worker
     ok = np.flatnonzero(fits_time & fits_mem)
@@ -267,6 +272,7 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
         partition_bytes=partition_bytes,
         min_history=_int_param(ctx, "min_history", MIN_HISTORY),
         quantile=_float_param(ctx, "forecast_quantile", QUANTILE),
+        heuristic_bytes_per_s=_float_param(ctx, "heuristic_bytes_per_s", HEURISTIC_BYTES_PER_S),
     )
     if volume_note:
         plan.reason += f"; {volume_note}"
