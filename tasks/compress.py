@@ -1,23 +1,31 @@
-"""Compression step: structured pruning x int8 quantization search under an accuracy budget.
+"""Compression step: structured pruning x int8 quantization x serving runtime, under an accuracy budget.
 
-For every grid point (prune ratio x quantizer) the candidate is built (prune -> short
-fine-tune on train -> quantize), exported to TorchScript (the served format) and then
-*measured* on that export: serialized size in bytes, CPU latency at batch 1 and 256
-(median of repeated runs, one intra-op thread so numbers are comparable between runs),
-and the metric on val (AUC for classification, RMSE for regression). The kept candidate
-is the smallest (then fastest) one whose metric drop vs the uncompressed model stays
-within the ``compress_budget`` Param (default 0.01 AUC, or RMSE increase). The
-uncompressed model is itself a candidate with drop 0, so when nothing compressed fits
-it is what gets published, and the result says so.
+For every grid point (prune ratio x backend) the candidate is built (prune -> short
+fine-tune on train -> quantize -> export) and then *measured on the exported artifact*
+as it will be served: serialized size in bytes, CPU latency at batch 1 and 256 (median
+of repeated runs on one intra-op thread, so numbers are comparable), and the metric on
+val (AUC for classification, RMSE for regression). The kept candidate is the smallest
+(then fastest) one whose metric drop vs the uncompressed model stays within the
+``compress_budget`` Param (default 0.01 AUC, or RMSE increase). The uncompressed model
+(``p00-fp32-ts``: float, TorchScript) is itself a candidate with drop 0 and the baseline
+of every ratio, so when nothing compressed fits it is what gets published, and the
+result says so.
 
-Quantization sits behind the small :class:`Quantizer` interface (``QUANTIZERS``). The
-default is ``torch.ao.quantization.quantize_dynamic`` (int8 weights, dynamic int8
-activations for Linear): deprecated upstream in favour of torchao, but measured as the
-fastest CPU path for small MLPs; a torchao (or any other) backend is one more entry.
+Backends (the small :class:`Backend` interface, ``BACKENDS``; one more entry adds e.g. torchao):
+
+- ``fp32-ts``   float model, TorchScript
+- ``int8-ts``   ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream for torchao,
+  still the fastest torch CPU path for small MLPs), TorchScript (it has no ONNX export)
+- ``fp32-onnx`` float model, ONNX run by onnxruntime
+- ``int8-onnx`` onnxruntime dynamic quantization of the float ONNX graph
+
+Measured on the demo-sized models (bench/compress.py): onnxruntime has far less per-call
+overhead than TorchScript for small MLPs, and int8 only pays off once Linear weights
+dominate the artifact, which is why the choice is measured per run and not fixed.
 
 Params: ``compress_budget`` (0.01), ``compress_ratios`` ([0, 0.25, 0.5, 0.75]),
-``compress_quantizers`` (["none", "int8_dynamic"]), ``compress_finetune_epochs`` (2),
-``compress_max_train_rows`` (200000), ``compress_latency_repeats`` (30), ``seed`` (0).
+``compress_backends`` (all four), ``compress_finetune_epochs`` (2), ``compress_max_train_rows``
+(200000), ``compress_latency_repeats`` (30), ``seed`` (0).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ log = logging.getLogger(__name__)
 STAGE = "compressed"
 DEFAULT_BUDGET = 0.01
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75)
-DEFAULT_QUANTIZERS = ("none", "int8_dynamic")
+DEFAULT_BACKENDS = ("fp32-ts", "int8-ts", "fp32-onnx", "int8-onnx")
 
 
 # ---- data ------------------------------------------------------------------------
@@ -102,49 +110,99 @@ def metric_drop(task: str, baseline: float, value: float) -> float:
     return baseline - value if task == "classification" else value - baseline
 
 
-# ---- quantizers --------------------------------------------------------------------
-class Quantizer(Protocol):
+# ---- backends: quantization + serving format ---------------------------------------
+@dataclass
+class Built:
+    """A candidate as served: the artifact bytes, its file name, and a runner loaded from those bytes."""
+
+    artifact: bytes
+    filename: str  # model.ts | model.onnx
+    runner: export.Runner
+    reference: nn.Module  # the PyTorch module the artifact was made from (parity reference)
+    exact: bool  # True when the artifact must reproduce `reference` to float tolerance
+
+
+class Backend(Protocol):
+    """One way to quantize and serve a (pruned) float model; measured, never assumed, by :func:`search`."""
+
     name: str
+    quantized: bool
 
-    def quantize(self, model: nn.Module) -> nn.Module: ...
-
-
-class NoQuantizer:
-    name = "none"
-
-    def quantize(self, model: nn.Module) -> nn.Module:
-        return model
+    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built: ...
 
 
-class DynamicInt8Quantizer:
-    """int8 weights + dynamically quantized activations for every nn.Linear (fbgemm/x86 kernels)."""
+class TorchScriptFloat:
+    name, quantized = "fp32-ts", False
 
-    name = "int8_dynamic"
+    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
+        ts = export.to_torchscript(model, x_num, x_cat)
+        return Built(ts, "model.ts", export.torch_runner(export.load_torchscript(ts)), model, True)
 
-    def quantize(self, model: nn.Module) -> nn.Module:
+
+class TorchDynamicInt8:
+    """torch.ao ``quantize_dynamic``: int8 Linear weights, activations quantized per batch (fbgemm/x86).
+
+    Deprecated upstream in favour of torchao, but measured as the fastest torch CPU path for
+    small MLPs; the result only exports to TorchScript.
+    """
+
+    name, quantized = "int8-ts", True
+
+    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
         from torch.ao.quantization import quantize_dynamic
 
         with export.quiet():
-            return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+            q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        ts = export.to_torchscript(q, x_num, x_cat)
+        return Built(ts, "model.ts", export.torch_runner(export.load_torchscript(ts)), q, True)
 
 
-QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (NoQuantizer(), DynamicInt8Quantizer())}
+class OnnxFloat:
+    name, quantized = "fp32-onnx", False
+
+    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
+        data = export.to_onnx(model, x_num, x_cat)
+        return Built(data, "model.onnx", export.onnx_runner(data), model, True)
 
 
-def quantizer(name: str) -> Quantizer:
-    if name not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {name!r}; known: {sorted(QUANTIZERS)}")
-    return QUANTIZERS[name]
+class OnnxDynamicInt8:
+    """onnxruntime dynamic quantization of the float ONNX graph (int8 MatMul kernels of onnxruntime)."""
+
+    name, quantized = "int8-onnx", True
+
+    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
+        data = export.onnx_int8(export.to_onnx(model, x_num, x_cat))
+        return Built(data, "model.onnx", export.onnx_runner(data), model, False)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (TorchScriptFloat(), TorchDynamicInt8(), OnnxFloat(),
+                                                    OnnxDynamicInt8())}
+BASELINE = "fp32-ts"  # the uncompressed model as PyTorch serves it: what every gain is measured against
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown compression backend {name!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def torch_int8(model: nn.Module) -> nn.Module:
+    """The torch dynamic-int8 version of `model` (eager), e.g. to load a published int8 state_dict into."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with export.quiet():
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
 # ---- training and measuring -------------------------------------------------------
-def predict(model: nn.Module, data: TabularData, batch: int = 8192) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(data), batch):
-            out.append(model(data.x_num[s:s + batch], data.x_cat[s:s + batch]).reshape(-1))
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+def predict(model: nn.Module | export.Runner, data: TabularData, batch: int = 8192) -> np.ndarray:
+    """Logits of a module or a runner over a split, batch by batch."""
+    run = export.torch_runner(model) if isinstance(model, nn.Module) else model
+    if isinstance(model, nn.Module):
+        model.eval()
+    xn, xc = data.x_num.numpy(), data.x_cat.numpy()
+    out = [run(xn[s:s + batch], xc[s:s + batch]).reshape(-1) for s in range(0, len(data), batch)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def fine_tune(
@@ -169,8 +227,8 @@ def fine_tune(
     return model.eval()
 
 
-def latency_ms(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of one forward pass in milliseconds, on one intra-op thread."""
+def latency_ms(run: export.Runner, x_num: np.ndarray, x_cat: np.ndarray, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time of one call in milliseconds, torch on one intra-op thread (onnxruntime runners too)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # stable, comparable numbers on a shared machine
     try:
@@ -178,7 +236,7 @@ def latency_ms(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, repea
         with torch.no_grad():
             for i in range(warmup + repeats):
                 t0 = time.perf_counter()
-                model(x_num, x_cat)
+                run(x_num, x_cat)
                 if i >= warmup:
                     times.append((time.perf_counter() - t0) * 1000.0)
         return float(statistics.median(times))
@@ -190,7 +248,9 @@ def latency_ms(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, repea
 class Candidate:
     name: str
     prune_ratio: float
-    quantizer: str
+    backend: str
+    quantized: bool
+    format: str
     parameters: int
     size_bytes: int
     latency_b1_ms: float
@@ -212,17 +272,20 @@ class SearchResult:
     budget: float
     baseline_metric: float
     candidates: list[Candidate]
-    models: dict[str, nn.Module]  # candidate name -> eager module
-    exports: dict[str, bytes]  # candidate name -> TorchScript archive
+    built: dict[str, Built]  # candidate name -> artifact, runner, PyTorch reference
 
     @property
     def chosen(self) -> Candidate:
         return next(c for c in self.candidates if c.chosen)
 
     @property
+    def baseline(self) -> Candidate:
+        return self.candidates[0]
+
+    @property
     def compressed(self) -> bool:
         c = self.chosen
-        return c.prune_ratio > 0 or c.quantizer != "none"
+        return c.prune_ratio > 0 or c.quantized
 
 
 def search(
@@ -232,7 +295,7 @@ def search(
     task: str,
     budget: float = DEFAULT_BUDGET,
     ratios: Sequence[float] = DEFAULT_RATIOS,
-    quantizers: Sequence[str] = DEFAULT_QUANTIZERS,
+    backends: Sequence[str] = DEFAULT_BACKENDS,
     finetune_epochs: int = 2,
     repeats: int = 30,
     seed: int = 0,
@@ -240,15 +303,17 @@ def search(
     """Build, export and measure every candidate; mark the smallest, fastest one within budget."""
     if len(val) == 0:
         raise ValueError("val split is empty: cannot measure the metric drop of compression")
+    if budget < 0:
+        raise ValueError(f"compress_budget must be >= 0, got {budget}")
     model = model.eval()
     baseline = compute_metric(task, val.y.numpy(), predict(model, val))
     b1 = val.rows(1)
     b256 = val.rows(256)
+    b1_np, b256_np = (b1[0].numpy(), b1[1].numpy()), (b256[0].numpy(), b256[1].numpy())
     ratios = sorted({0.0, *map(float, ratios)})  # the uncompressed model is always a candidate
-    qnames = ["none", *[q for q in quantizers if q != "none"]]
+    names = [BASELINE, *[b for b in dict.fromkeys(backends) if b != BASELINE]]
     cands: list[Candidate] = []
-    models: dict[str, nn.Module] = {}
-    exports: dict[str, bytes] = {}
+    built: dict[str, Built] = {}
     for ratio in ratios:
         torch.manual_seed(seed)
         if ratio > 0:
@@ -256,42 +321,41 @@ def search(
             fine_tune(pruned, train, task, epochs=finetune_epochs, seed=seed)
         else:
             pruned, widths = copy.deepcopy(model).eval(), {}
-        for qname in qnames:
-            cand_model = quantizer(qname).quantize(pruned).eval()
-            name = f"p{int(round(ratio * 100)):02d}-{qname}"
-            ts = export.to_torchscript(cand_model, *b256)
-            served = export.load_torchscript(ts)  # measure what is served, not the eager module
-            value = compute_metric(task, val.y.numpy(), predict(served, val))
+        for bname in names:
+            be = backend(bname)
+            b = be.build(pruned, *b256)
+            name = f"p{int(round(ratio * 100)):02d}-{bname}"
+            value = compute_metric(task, val.y.numpy(), predict(b.runner, val))  # what is served, not eager
             drop = metric_drop(task, baseline, value)
             cand = Candidate(
-                name=name, prune_ratio=ratio, quantizer=qname, parameters=prune.count_parameters(pruned),
-                size_bytes=len(ts), latency_b1_ms=latency_ms(served, *b1, repeats=repeats),
-                latency_b256_ms=latency_ms(served, *b256, repeats=repeats),
+                name=name, prune_ratio=ratio, backend=bname, quantized=be.quantized,
+                format=b.filename.rsplit(".", 1)[-1], parameters=prune.count_parameters(pruned),
+                size_bytes=len(b.artifact), latency_b1_ms=latency_ms(b.runner, *b1_np, repeats=repeats),
+                latency_b256_ms=latency_ms(b.runner, *b256_np, repeats=repeats),
                 metric=value, metric_drop=drop, within_budget=drop <= budget + 1e-12, widths=dict(widths),
             )
             log.info("candidate %s: %d bytes, b1 %.3f ms, b256 %.3f ms, %s %.5f (drop %.5f)", name,
                      cand.size_bytes, cand.latency_b1_ms, cand.latency_b256_ms, metric_name(task), value, drop)
             cands.append(cand)
-            models[name] = cand_model
-            exports[name] = ts
+            built[name] = b
     fits = [c for c in cands if c.within_budget]
     best = min(fits, key=lambda c: (c.size_bytes, c.latency_b256_ms))
     best.chosen = True
-    return SearchResult(task, metric_name(task), budget, baseline, cands, models, exports)
+    return SearchResult(task, metric_name(task), budget, baseline, cands, built)
 
 
 # ---- reports ------------------------------------------------------------------------
 def markdown_table(result: SearchResult) -> str:
-    base = next(c for c in result.candidates if c.prune_ratio == 0 and c.quantizer == "none")
+    base = result.baseline
     m = result.metric_name
     lines = [
-        f"| candidate | prune | quantizer | params | size (bytes) | x smaller | b1 ms | b256 ms | x faster b256 "
+        f"| candidate | prune | backend | params | size (bytes) | x smaller | b1 ms | b256 ms | x faster b256 "
         f"| {m} (val) | drop | within budget {result.budget:g} | chosen |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result.candidates:
         lines.append(
-            f"| {c.name} | {c.prune_ratio:.2f} | {c.quantizer} | {c.parameters} | {c.size_bytes} "
+            f"| {c.name} | {c.prune_ratio:.2f} | {c.backend} | {c.parameters} | {c.size_bytes} "
             f"| {base.size_bytes / c.size_bytes:.2f} | {c.latency_b1_ms:.3f} | {c.latency_b256_ms:.3f} "
             f"| {base.latency_b256_ms / c.latency_b256_ms:.2f} | {c.metric:.5f} | {c.metric_drop:+.5f} "
             f"| {'yes' if c.within_budget else 'no'} | {'**yes**' if c.chosen else ''} |"
@@ -389,7 +453,7 @@ def _params(ctx: Any) -> dict[str, Any]:
     return {
         "compress_budget": float(ctx.param("compress_budget", DEFAULT_BUDGET)),
         "compress_ratios": [float(r) for r in ctx.param("compress_ratios", list(DEFAULT_RATIOS))],
-        "compress_quantizers": list(ctx.param("compress_quantizers", list(DEFAULT_QUANTIZERS))),
+        "compress_backends": list(ctx.param("compress_backends", list(DEFAULT_BACKENDS))),
         "compress_finetune_epochs": int(ctx.param("compress_finetune_epochs", 2)),
         "compress_max_train_rows": int(ctx.param("compress_max_train_rows", 200_000)),
         "compress_latency_repeats": int(ctx.param("compress_latency_repeats", 30)),
@@ -409,38 +473,52 @@ def compress_and_commit(
     task = stats.get("task", "classification")
     result = search(
         model, data["train"], data["val"], task, budget=params["compress_budget"],
-        ratios=params["compress_ratios"], quantizers=params["compress_quantizers"],
+        ratios=params["compress_ratios"], backends=params["compress_backends"],
         finetune_epochs=params["compress_finetune_epochs"], repeats=params["compress_latency_repeats"],
         seed=params["seed"],
     )
     chosen = result.chosen
-    chosen_model = result.models[chosen.name]
+    built = result.built[chosen.name]
+    reference = built.reference
     test = data["test"]
     x_num, x_cat, y = test.x_num.numpy(), test.x_cat.numpy(), test.y.numpy()
 
     def metric(yy: np.ndarray, logits: np.ndarray) -> float:
         return compute_metric(task, yy, logits, split="test")
 
-    files: dict[str, bytes] = {"model.ts": result.exports[chosen.name]}
-    parity = [export.check_parity("torchscript", export.torch_runner(chosen_model),
-                                  export.torch_runner(export.load_torchscript(files["model.ts"])),
-                                  x_num, x_cat, y, metric)]
-    if not export.is_quantized(chosen_model):
-        files["model.onnx"] = export.to_onnx(chosen_model, test.x_num, test.x_cat)
-        parity.append(export.check_parity("onnx", export.torch_runner(chosen_model),
-                                          export.onnx_runner(files["model.onnx"]), x_num, x_cat, y, metric))
+    def served(filename: str, blob: bytes) -> export.Runner:  # reloaded from the bytes being committed
+        if filename.endswith(".ts"):
+            return export.torch_runner(export.load_torchscript(blob))
+        return export.onnx_runner(blob)
+
+    files: dict[str, bytes] = {built.filename: built.artifact}
+    if not chosen.quantized:  # a float model also ships its other float format
+        other = "model.onnx" if built.filename == "model.ts" else "model.ts"
+        files[other] = (export.to_onnx if other == "model.onnx" else export.to_torchscript)(
+            reference, test.x_num, test.x_cat)
+    parity = []
+    for filename in [f for f in ("model.ts", "model.onnx") if f in files]:
+        fmt = "torchscript" if filename.endswith(".ts") else "onnx"
+        if built.exact or filename != built.filename:
+            p = export.check_parity(fmt, export.torch_runner(reference), served(filename, files[filename]),
+                                    x_num, x_cat, y, metric)
+        else:  # int8 made after export: it cannot match the float model bit for bit, only within the budget
+            p = export.check_parity(fmt, export.torch_runner(reference), served(filename, files[filename]),
+                                    x_num, x_cat, y, metric, atol=float("inf"), metric_tol=result.budget)
+        parity.append(p)
     bad = [p.format for p in parity if not p.ok]
     if bad:
         raise export.ExportError(f"export parity failed on the test split for {bad}: {[p.to_dict() for p in parity]}")
     state = io.BytesIO()
-    torch.save(chosen_model.state_dict(), state)
-    files["model.pt"] = state.getvalue()
+    torch.save(reference.state_dict(), state)
+    files["model.pt"] = state.getvalue()  # weights-only loadable after prune.resize (+ torch_int8 for int8-ts)
     note = (f"chose {chosen.name}" if result.compressed else
             "no compressed candidate stayed within the budget: publishing the uncompressed model")
     structure = {
-        "candidate": chosen.name, "prune_ratio": chosen.prune_ratio, "quantizer": chosen.quantizer,
-        "widths": chosen.widths, "hparams": hparams, "task": task, "metric": result.metric_name,
-        "formats": sorted(files), "serving_format": "model.ts",
+        "candidate": chosen.name, "prune_ratio": chosen.prune_ratio, "backend": chosen.backend,
+        "quantized": chosen.quantized, "widths": chosen.widths, "hparams": hparams, "task": task,
+        "metric": result.metric_name, "formats": sorted(files), "serving_format": built.filename,
+        "state_dict": "torch-int8" if chosen.backend == "int8-ts" else "float",
     }
     files["compression.json"] = json.dumps(structure, indent=1, sort_keys=True).encode()
     files["compression.md"] = (f"# Compression of {dataset} ds={ds}\n\n{note}.\n\n" + markdown_table(result)).encode()
@@ -453,13 +531,16 @@ def compress_and_commit(
         lake.fs.pipe_file(f"{vdir}/{name}", blob)
         entries.append(FileEntry(path=f"v={version}/{name}", rows=0, bytes=len(blob),
                                  sha256=hashlib.sha256(blob).hexdigest()))
-    base = next(c for c in result.candidates if c.prune_ratio == 0 and c.quantizer == "none")
+    base = result.baseline
+    serving_parity = next(p for p in parity if ("model.ts" if p.format == "torchscript" else "model.onnx")
+                          == built.filename)
     summary = {
         "compressed": result.compressed, "note": note, "chosen": chosen.to_dict(), "task": task,
         "metric_name": result.metric_name, "baseline_metric": result.baseline_metric, "budget": result.budget,
         "size_ratio": base.size_bytes / chosen.size_bytes,
         "speedup_b256": base.latency_b256_ms / chosen.latency_b256_ms,
-        "test_metric": parity[0].metric_export, "parity": [p.to_dict() for p in parity],
+        "serving_format": built.filename, "test_metric": serving_parity.metric_export,
+        "parity": [p.to_dict() for p in parity],
         "table_path": f"v={version}/compression.md", "plot_path": f"v={version}/compression.png",
     }
     manifest = Manifest(

@@ -5,8 +5,10 @@ Formats (chosen by what each model can be exported to, verified by parity):
 - TorchScript (``model.ts``): every candidate, including int8 dynamic-quantized ones
   (their packed int8 Linear kernels only exist in the PyTorch runtime). This is the
   format :func:`tasks.publish.load_published` serves.
-- ONNX (``model.onnx``, run by onnxruntime): float models only. ``quantize_dynamic``
-  modules have no ONNX export, so a quantized candidate ships TorchScript alone.
+- ONNX (``model.onnx``, run by onnxruntime): float models, and int8 models made by
+  onnxruntime's own dynamic quantization of the float ONNX graph (:func:`onnx_int8`).
+  torch ``quantize_dynamic`` modules have no ONNX export, so a torch-int8 candidate
+  ships TorchScript alone.
 
 A model takes ``forward(x_num: float32[n, k], x_cat: int64[n, m]) -> logits[n]``.
 Parity = max |logit difference| on the test split within ``atol`` and the same metric
@@ -18,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +87,36 @@ def to_onnx(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> bytes
     except Exception as exc:
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {exc}") from exc
     return buf.getvalue()
+
+
+def onnx_int8(data: bytes) -> bytes:
+    """onnxruntime dynamic quantization of a float ONNX model: int8 weights, int8 MatMul at run time."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="lf-onnx-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # it logs a pre-processing hint on the root logger on every call
+        try:
+            quantize_dynamic(onnx.load_from_string(data), out, weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise ExportError(f"ONNX int8 quantization failed: {exc}") from exc
+        finally:
+            root.setLevel(level)
+        return out.read_bytes()
+
+
+class OnnxModule(nn.Module):
+    """An ONNX model run by onnxruntime behind the usual ``forward(x_num, x_cat) -> logits`` interface."""
+
+    def __init__(self, data: bytes, threads: int = 1):
+        super().__init__()
+        self.run = onnx_runner(data, threads)
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(x_num.numpy(), x_cat.numpy()))
 
 
 def torch_runner(model: nn.Module) -> Runner:

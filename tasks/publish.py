@@ -174,14 +174,22 @@ def verify_artifact(url: str, ring: Keyring, options: dict[str, Any] | None = No
 
 
 def load_published(url: str, ring: Keyring, options: dict[str, Any] | None = None):
-    """The published model (TorchScript module, an nn.Module) after full verification."""
+    """The published model as an nn.Module ``forward(x_num, x_cat) -> logits``, after full verification.
+
+    Loaded from the verified bytes of the serving export: a TorchScript module, or an
+    onnxruntime session behind :class:`tasks.export.OnnxModule`. Nothing is unpickled.
+    """
     from tasks import export
 
     doc, blobs = read_verified(url, ring, options)
     serving = doc.get("serving_format", "model.ts")
-    if serving not in blobs or not serving.endswith(".ts"):
-        raise ArtifactError(f"{url}: serving format {serving!r} is not a TorchScript archive")
-    return export.load_torchscript(blobs[serving])
+    if serving not in blobs:
+        raise ArtifactError(f"{url}: serving file {serving!r} is not in the manifest")
+    if serving.endswith(".ts"):
+        return export.load_torchscript(blobs[serving])
+    if serving.endswith(".onnx"):
+        return export.OnnxModule(blobs[serving])
+    raise ArtifactError(f"{url}: serving format {serving!r} is neither TorchScript (.ts) nor ONNX (.onnx)")
 
 
 # ---- publishing -------------------------------------------------------------------
@@ -256,7 +264,8 @@ def model_card(doc: dict[str, Any], table_md: str) -> str:
         f"- dataset: `{lin['dataset']}` (spec fingerprint `{lin.get('spec_fingerprint', '')}`)",
         f"- data interval: {lin['interval']['start']} to {lin['interval']['end']} (run `{lin['run_id']}`)",
         f"- task: {s.get('task', '?')}; metric: {s.get('metric_name', '?')}",
-        f"- serving format: `{doc['serving_format']}` (TorchScript; ONNX too when the model is float)",
+        f"- serving format: `{doc['serving_format']}` (`.ts` TorchScript, `.onnx` onnxruntime); "
+        "float models ship both formats",
         f"- code: `{doc['code']['version']}` git `{doc['code'].get('git_commit') or 'n/a'}`", "",
         "## Intended use", "",
         "Scores events of this dataset with the features of `tasks.features.transform` and the feature "
@@ -307,8 +316,9 @@ def run(ctx: Any) -> dict[str, Any]:
     summary = comp.extra.get("summary", {})
     up = ctx.upstream or {}
     model_m = stages["model"]
+    structure = json.loads(files.get("compression.json", b"{}"))
     meta = {
-        "serving_format": "model.ts",
+        "serving_format": structure.get("serving_format", "model.ts"),
         "lineage": {
             "dataset": ctx.dataset,
             "spec_fingerprint": ctx.spec.fingerprint(),

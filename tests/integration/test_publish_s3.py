@@ -40,8 +40,9 @@ def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):
     data = {k: compress.TabularData.from_numpy(*d) for k, d in {"train": tr, "val": va, "test": te}.items()}
     ctx = StepContext(dataset="events", ds=DS, artifacts_url="s3://models/prod",
                       params={"artifacts_storage_options": options, "seed": 0})
-    params = {"compress_budget": 0.02, "compress_ratios": [0.5], "compress_quantizers": ["none", "int8_dynamic"],
-              "compress_finetune_epochs": 1, "compress_max_train_rows": 1500, "compress_latency_repeats": 3, "seed": 0}
+    params = {"compress_budget": 0.02, "compress_ratios": [0.5],
+              "compress_backends": ["int8-ts", "fp32-onnx", "int8-onnx"], "compress_finetune_epochs": 1,
+              "compress_max_train_rows": 1500, "compress_latency_repeats": 3, "seed": 0}
     compress.compress_and_commit(ctx.lake, "events", DS, model, {}, {"task": "classification"}, data, params,
                                  "fp", "code")
 

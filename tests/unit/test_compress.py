@@ -83,15 +83,15 @@ def test_resize_rebuilds_shapes_for_weights_only_loading(trained):
 
 def test_quantized_state_dict_loads_weights_only(trained):
     model, _, val, _ = trained
-    q = compress.quantizer("int8_dynamic").quantize(model)
+    q = compress.torch_int8(model)
     assert export.is_quantized(q) and not export.is_quantized(model)
     buf = io.BytesIO()
     torch.save(q.state_dict(), buf)
-    q2 = compress.quantizer("int8_dynamic").quantize(ToyTabular(hidden=(64, 32)))
+    q2 = compress.torch_int8(ToyTabular(hidden=(64, 32)))
     q2.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert np.array_equal(compress.predict(q2, val), compress.predict(q, val))
-    with pytest.raises(ValueError, match="unknown quantizer"):
-        compress.quantizer("fp4")
+    with pytest.raises(ValueError, match="unknown compression backend"):
+        compress.backend("fp4-ts")
 
 
 def test_int8_makes_a_wide_model_several_times_smaller():
@@ -100,17 +100,19 @@ def test_int8_makes_a_wide_model_several_times_smaller():
     result = compress.search(ToyTabular(hidden=(512, 256)).eval(), data, data, "classification", budget=1.0,
                              ratios=[0.0], finetune_epochs=0, repeats=3)
     by = {c.name: c for c in result.candidates}
-    assert set(by) == {"p00-none", "p00-int8_dynamic"}
-    assert by["p00-int8_dynamic"].size_bytes * 3 < by["p00-none"].size_bytes  # measured, not assumed
-    assert by["p00-int8_dynamic"].chosen  # budget 1.0: everything fits, the smallest wins
+    assert list(by) == ["p00-fp32-ts", "p00-int8-ts", "p00-fp32-onnx", "p00-int8-onnx"]
+    assert by["p00-int8-ts"].size_bytes * 3 < by["p00-fp32-ts"].size_bytes  # measured, not assumed
+    assert by["p00-int8-onnx"].size_bytes * 3 < by["p00-fp32-onnx"].size_bytes
+    assert [c.format for c in by.values()] == ["ts", "ts", "onnx", "onnx"]
+    assert result.chosen.quantized  # budget 1.0: everything fits, the smallest (an int8 one) wins
 
 
 def test_search_keeps_smallest_within_budget(trained):
     model, train, val, _ = trained
     result = compress.search(model, train, val, "classification", budget=0.01, ratios=[0.5, 0.9],
-                             quantizers=["none", "int8_dynamic"], finetune_epochs=1, repeats=3)
+                             backends=["int8-ts", "fp32-onnx", "int8-onnx"], finetune_epochs=1, repeats=3)
     names = [c.name for c in result.candidates]
-    assert names == ["p00-none", "p00-int8_dynamic", "p50-none", "p50-int8_dynamic", "p90-none", "p90-int8_dynamic"]
+    assert names == [f"p{r}-{b}" for r in ("00", "50", "90") for b in ("fp32-ts", "int8-ts", "fp32-onnx", "int8-onnx")]
     for c in result.candidates:
         assert c.size_bytes > 0 and c.latency_b1_ms > 0 and c.latency_b256_ms > 0
         assert c.within_budget == (c.metric_drop <= 0.01 + 1e-12)
@@ -121,7 +123,9 @@ def test_search_keeps_smallest_within_budget(trained):
     assert sum(c.chosen for c in result.candidates) == 1
     base = result.candidates[0]
     assert base.metric == pytest.approx(result.baseline_metric) and base.metric_drop == pytest.approx(0.0)
-    assert result.candidates[2].parameters < base.parameters
+    assert result.candidates[4].parameters < base.parameters
+    # the float ONNX export serves the same model: same metric as TorchScript
+    assert result.candidates[2].metric == pytest.approx(base.metric, abs=1e-4)
     table = compress.markdown_table(result)
     assert table.count("\n") == 2 + len(result.candidates) and "**yes**" in table
     assert compress.plot_png(result)[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,9 +134,12 @@ def test_search_keeps_smallest_within_budget(trained):
 def test_nothing_fits_publishes_uncompressed(trained):
     model, train, val, _ = trained
     result = compress.search(model, train, val, "classification", budget=0.0, ratios=[0.95],
-                             quantizers=["none"], finetune_epochs=0, repeats=3)
+                             backends=["fp32-ts"], finetune_epochs=0, repeats=3)
+    assert [c.name for c in result.candidates] == ["p00-fp32-ts", "p95-fp32-ts"]
     assert result.candidates[1].metric_drop > 0  # 95% of units gone, no fine-tune: AUC falls
-    assert result.chosen.name == "p00-none" and not result.compressed
+    assert result.chosen.name == "p00-fp32-ts" and not result.compressed
+    with pytest.raises(ValueError, match="compress_budget must be >= 0"):
+        compress.search(model, train, val, "classification", budget=-0.1)
 
 
 def test_regression_metric_is_rmse_increase():
@@ -140,7 +147,7 @@ def test_regression_metric_is_rmse_increase():
     data = compress.TabularData.from_numpy(x_num, x_cat, y)
     model = train_toy(ToyTabular(hidden=(32, 16)), x_num, x_cat, y, epochs=3, task="regression")
     result = compress.search(model, data, data, "regression", budget=0.05, ratios=[0.5], finetune_epochs=1,
-                             repeats=3)
+                             backends=["fp32-ts", "int8-onnx"], repeats=3)
     assert result.metric_name == "rmse"
     rmse = float(np.sqrt(np.mean((compress.predict(model, data) - y) ** 2)))
     assert result.baseline_metric == pytest.approx(rmse, rel=1e-5)
@@ -161,7 +168,7 @@ def test_compress_and_commit_writes_a_signed_stage(tmp_path, trained):
     model, train, val, test = trained
     ring = generate(tmp_path / "keys.json")
     lake = Lake(str(tmp_path / "lake"), signer=signing.signer_for(ring), verifier=signing.verifier_for(ring))
-    params = {"compress_budget": 0.02, "compress_ratios": [0.5], "compress_quantizers": ["none", "int8_dynamic"],
+    params = {"compress_budget": 0.02, "compress_ratios": [0.5], "compress_backends": ["int8-ts", "int8-onnx"],
               "compress_finetune_epochs": 1, "compress_max_train_rows": 1000, "compress_latency_repeats": 3, "seed": 0}
     m = compress.compress_and_commit(lake, "events", "2026-11-02", model, {"hidden": [64, 32]},
                                      {"task": "classification"}, {"train": train, "val": val, "test": test},
@@ -169,14 +176,18 @@ def test_compress_and_commit_writes_a_signed_stage(tmp_path, trained):
     got = lake.require("compressed", "events", "2026-11-02")  # signature verified on read
     assert got.version == m.version
     names = {f.path.split("/", 1)[1] for f in got.files}
-    assert {"model.ts", "model.pt", "compression.json", "compression.md", "compression.png",
+    assert {"model.pt", "compression.json", "compression.md", "compression.png",
             "candidates.json"} <= names
     summary = got.extra["summary"]
     structure = json.loads(compress.read_verified(lake, got, next(f for f in got.files
                                                                   if f.path.endswith("compression.json"))))
     assert structure["candidate"] == summary["chosen"]["name"]
-    assert ("model.onnx" in names) == (structure["quantizer"] == "none")
+    assert structure["serving_format"] in names and summary["serving_format"] == structure["serving_format"]
+    # TorchScript float and torch int8 ship TorchScript; ONNX int8 ships only ONNX; float ones ship both
+    assert ("model.ts" in names) == (structure["backend"] != "int8-onnx")
+    assert ("model.onnx" in names) == (structure["backend"] != "int8-ts")
     assert all(p["ok"] and p["rows"] == len(test) for p in summary["parity"])
+    assert summary["chosen"]["within_budget"] and summary["chosen"]["chosen"]
     assert lake.cache_hit("compressed", "events", "2026-11-02", "fp-1", "code-1", params) is not None
     # a tampered file is refused by the sha256 check
     entry = next(f for f in got.files if f.path.endswith("model.pt"))

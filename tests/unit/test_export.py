@@ -41,13 +41,27 @@ def test_torchscript_and_onnx_match_pytorch_on_a_pruned_float_model(setup):
 
 def test_quantized_model_exports_to_torchscript_only(setup):
     model, (x_num, x_cat, y) = setup
-    q = compress.quantizer("int8_dynamic").quantize(model)
+    q = compress.torch_int8(model)
     xn, xc = torch.from_numpy(x_num), torch.from_numpy(x_cat)
     ts = export.load_torchscript(export.to_torchscript(q, xn, xc))
     p = export.check_parity("torchscript", export.torch_runner(q), export.torch_runner(ts), x_num, x_cat, y, _auc)
     assert p.ok and p.max_abs_diff == 0.0  # same int8 kernels in both runtimes
     with pytest.raises(export.ExportError, match="ONNX export"):
         export.to_onnx(q, xn, xc)
+
+
+def test_onnx_int8_is_smaller_and_close_to_the_float_model(setup):
+    _, (x_num, x_cat, y) = setup
+    wide = train_toy(ToyTabular(hidden=(256, 128)), *make_data(1500, 3), epochs=2)
+    xn, xc = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+    f32 = export.to_onnx(wide, xn, xc)
+    i8 = export.onnx_int8(f32)
+    assert len(i8) * 3 < len(f32)
+    p = export.check_parity("onnx", export.torch_runner(wide), export.onnx_runner(i8), x_num, x_cat, y, _auc,
+                            atol=float("inf"), metric_tol=0.01)
+    assert p.ok and 0 < p.max_abs_diff < 1.0  # int8 rounding: close, never identical
+    module = export.OnnxModule(i8)
+    assert torch.allclose(module(xn[:5], xc[:5]), torch.from_numpy(export.onnx_runner(i8)(x_num[:5], x_cat[:5])))
 
 
 def test_parity_detects_a_different_model(setup):

@@ -25,8 +25,9 @@ def model_and_data():
 
 
 def _compressed_lake(ctx: StepContext, model, data) -> None:
-    params = {"compress_budget": 0.02, "compress_ratios": [0.5], "compress_quantizers": ["none", "int8_dynamic"],
-              "compress_finetune_epochs": 1, "compress_max_train_rows": 2000, "compress_latency_repeats": 3, "seed": 0}
+    params = {"compress_budget": 0.02, "compress_ratios": [0.5],
+              "compress_backends": ["int8-ts", "fp32-onnx", "int8-onnx"], "compress_finetune_epochs": 1,
+              "compress_max_train_rows": 2000, "compress_latency_repeats": 3, "seed": 0}
     compress.compress_and_commit(ctx.lake, ctx.dataset, ctx.ds, model, {"hidden": [48, 24]},
                                  {"task": "classification"}, data, params, "fp", "code")
 
