@@ -1,0 +1,62 @@
+"""Distributed training on CPU: 2 gloo ranks (encrypted split) agree with 1 rank at the same global batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from tasks.context import StepContext
+from tasks.evaluate import load_model, predict
+from tasks.parquet_io import read_table
+from tasks.steps import run_step
+from tasks.train import checkpoint_url
+from tests.train_data import make_split
+
+PARAMS = {"epochs": 2, "batch_size": 256, "lr": 5e-3, "checkpoint_every": 10, "patience": 2, "seed": 3}
+
+
+def train(ds: str, nproc: int, encrypt: bool) -> tuple[StepContext, dict]:
+    ctx = StepContext(dataset="events", ds=ds, params={**PARAMS, "train_nproc": nproc, "encrypt": encrypt})
+    make_split(ctx.lake, ds=ds, crypto=ctx.crypto())
+    return ctx, run_step("train", ctx)
+
+
+def test_two_gloo_ranks_match_one_rank(lf_home):
+    ctx1, r1 = train("2026-11-02", 1, encrypt=False)
+    ctx2, r2 = train("2026-11-03", 2, encrypt=True)  # ranks and their DataLoader workers decrypt
+    assert (r1["nproc"], r2["nproc"], r1["device"], r2["device"]) == (1, 2, "cpu", "cpu")
+    split2 = ctx2.lake.require("split", "events", "2026-11-03")
+    assert all(f.key_id for f in split2.files)
+    # same global batch over the same rows: the same number of optimizer steps
+    assert r1["global_step"] == r2["global_step"] == 2 * (6000 // 256 + 1)
+    assert r1["epochs_run"] == r2["epochs_run"] == 2
+    assert r1["best_val_metric"] > 0.68 and r2["best_val_metric"] > 0.68
+    assert abs(r1["best_val_metric"] - r2["best_val_metric"]) < 0.03
+
+    # the committed artifacts: weights (weights_only), config, metrics, curves
+    m = ctx2.lake.require("model", "events", "2026-11-03")
+    names = sorted(f.path.rsplit("/", 1)[-1] for f in m.files)
+    assert names == ["curves.png", "metrics.json", "model.pt", "model_config.json"]
+    assert open(r2["curve_path"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(r2["model_path"], weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    metrics = json.loads(ctx2.lake.fs.cat_file(r2["curve_path"].replace("curves.png", "metrics.json")))
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]
+
+    # both models score the same test rows alike
+    model1, stats1, cfg1 = load_model(ctx1)
+    model2, stats2, _ = load_model(ctx2)
+    assert cfg1["hparams"]["hidden"] == [64, 32] and cfg1["spec_fingerprint"] == ctx1.spec.fingerprint()
+    test = [ctx1.lake.abspath(ctx1.lake.require("split", "events", "2026-11-02"), f)
+            for f in ctx1.lake.require("split", "events", "2026-11-02").group_files("test")]
+    table = read_table(test[0])
+    p1, p2 = predict(model1, stats1, table), predict(model2, stats2, table)
+    assert p1.shape == (table.num_rows,) and np.all((p1 > 0) & (p1 < 1))
+    assert np.mean(np.abs(p1 - p2)) < 0.05
+
+    # committed: checkpoints are gone and a retry of the same interval is a cache hit
+    assert not ctx1.lake.fs.exists(checkpoint_url(ctx1.lake, "events", "2026-11-02"))
+    again = run_step("train", ctx1)
+    assert again["cache_hit"] is True and again["best_val_metric"] == r1["best_val_metric"]
