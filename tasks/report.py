@@ -36,7 +36,10 @@ def _history(ctx: StepContext) -> list[dict[str, Any]]:
     try:
         from tasks import history
 
-        return [r for r in history.runs(ctx.history_url, dataset=ctx.dataset) if r.get("ds") == ctx.ds]
+        out = []
+        for stage in ("validate_raw", "clean", "split", "validate_clean", "train"):
+            out += [r for r in history.runs(ctx.history_url, stage, dataset=ctx.dataset) if r.get("ds") == ctx.ds]
+        return out
     except Exception as exc:
         log.warning("run history unavailable: %s", exc)
         return []
@@ -100,30 +103,43 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
     if "split" in st:
         g = st["split"]["groups"]
         lines.append("split: " + ", ".join(f"{k} {v:,}" for k, v in g.items()))
-    val = st.get("validation", {}).get("extra", {})
-    for suite, res in sorted((val.get("suites") or {}).items()):
+    val = st.get("validation", {})
+    for suite, res in sorted((val.get("extra", {}).get("suites") or {}).items()):
+        docs = val.get("file_paths", {}).get(f"{suite}/index.html", "")
         lines.append(
             f"validation {suite}: {'PASSED' if res.get('success') else 'FAILED'} "
             f"({res.get('successful_expectations')}/{res.get('evaluated_expectations')} expectations, "
-            f"{res.get('rows_validated', 0):,} rows)  docs: {res.get('data_docs', '')}"
+            f"{res.get('rows_validated', 0):,} rows, policy {res.get('policy', '?')})  docs: {docs}"
         )
+        drift = res.get("drift") or {}
+        if suite == "clean":
+            lines.append(f"    drift vs previous interval: {drift.get('previous_ds') or 'none committed yet'}")
         for f in res.get("failing", [])[:5]:
             lines.append(f"    failing {f.get('expectation')} {f.get('column', '')}: {f.get('unexpected_count')}")
     for h in d.get("history", []):
-        pred = h.get("predicted_wall_s")
+        pred, upper = h.get("predicted_wall_s"), h.get("predicted_wall_s_upper")
+        planned = "no plan"
+        if pred is not None and upper is not None:
+            planned = f"predicted {pred:.1f} s (upper {upper:.1f} s)"
         lines.append(
-            f"forecast {h.get('stage')}: planned {h.get('workers')} workers, predicted "
-            f"{pred if pred is not None else '-'} s, actual {h.get('wall_s', 0):.1f} s"
-            + (f" (plan: {h.get('plan_source')})" if h.get("plan_source") else "")
+            f"forecast vs actual {h.get('stage'):<15} {h.get('workers')} workers x {h.get('threads')} threads: "
+            f"{planned}, actual {h.get('wall_s', 0):.1f} s"
+            + (f" [{h.get('plan_source')}]" if h.get("plan_source") else "")
         )
     if "secure" in st:
-        sx = st["secure"]["extra"]
-        lines.append(f"secure: {sx.get('files_checked', '?')} files encrypted + checksums + signatures verified")
-    model = st.get("model", {}).get("extra", {})
+        checked = st["secure"]["extra"].get("checked", {})
+        files = sum(c.get("files", 0) for c in checked.values())
+        lines.append(
+            f"secure: {files} files in {', '.join(sorted(checked))}: encrypted, decryptable, "
+            "checksums and manifest signatures verified"
+        )
+    model = st.get("model", {}).get("extra", {}).get("metrics", {})
     if model:
         lines.append(
-            f"training: {model.get('epochs_run', '?')} epochs, best val {model.get('metric_name', 'metric')} "
-            f"{model.get('best_val_metric', float('nan')):.4f} on {model.get('nproc', 1)}x {model.get('device', 'cpu')}"
+            f"training: {model.get('epochs_run', '?')} epochs ({model.get('global_step', '?')} steps), best val "
+            f"{model.get('metric', 'metric')} {model.get('best_val_metric', float('nan')):.4f} on "
+            f"{model.get('nproc', 1)}x {model.get('device', 'cpu')}, "
+            f"{model.get('train_samples_per_s', 0):,.0f} samples/s"
         )
     ev = st.get("evaluation", {}).get("extra", {})
     if ev:
@@ -131,11 +147,15 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
         lines.append("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     comp = st.get("compressed", {}).get("extra", {})
     if comp:
-        ch = comp.get("chosen", {})
+        summ, cands = comp.get("summary", {}), comp.get("candidates", [])
+        ch = summ.get("chosen", {})
+        base = next((c for c in cands if c.get("prune_ratio") == 0 and not c.get("quantized")), {})
         lines.append(
             f"compressed: {ch.get('name', '?')} {_fmt_bytes(ch.get('size_bytes', 0))} "
-            f"(fp32 {_fmt_bytes(comp.get('baseline', {}).get('size_bytes', 0))}), "
-            f"metric {ch.get('metric', float('nan')):.4f}"
+            f"(fp32 {_fmt_bytes(base.get('size_bytes', 0))}), {summ.get('metric_name', 'metric')} "
+            f"{ch.get('metric', float('nan')):.4f} vs {summ.get('baseline_metric', float('nan')):.4f} "
+            f"(budget {summ.get('budget')}), batch-256 latency {ch.get('latency_b256_ms', 0):.3f} ms"
+            f" vs {base.get('latency_b256_ms', 0):.3f} ms"
         )
     pub = d.get("published") or {}
     if pub:
