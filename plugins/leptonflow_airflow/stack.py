@@ -168,6 +168,31 @@ class AirflowStack:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    # ---- REST API --------------------------------------------------------------------
+    def password(self, user: str = "admin") -> str:
+        pw = self.home / "simple_auth_manager_passwords.json.generated"
+        return json.loads(pw.read_text())[user]
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call the public REST API as admin (JWT from /auth/token); returns (status, JSON body)."""
+        import urllib.error
+        import urllib.request
+
+        def call(url: str, data: Any, headers: dict[str, str]) -> tuple[int, Any]:
+            req = urllib.request.Request(url, method=method if "token" not in url else "POST",
+                                         data=json.dumps(data).encode() if data is not None else None,
+                                         headers={"Content-Type": "application/json", **headers})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, json.loads(r.read() or b"null")
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read() or b"null")
+
+        status, tok = call(f"{self.url}/auth/token", {"username": "admin", "password": self.password()}, {})
+        if status >= 300:
+            raise RuntimeError(f"login failed: {status} {tok}")
+        return call(f"{self.url}{path}", body, {"Authorization": f"Bearer {tok['access_token']}"})
+
     # ---- DAG runs ----------------------------------------------------------------
     @staticmethod
     def _json(out: str) -> Any:

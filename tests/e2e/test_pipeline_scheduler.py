@@ -4,57 +4,28 @@ LocalExecutor (not dag.test(): child processes behave differently under the exec
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from leptonflow_airflow.stack import AirflowStack
 
-from tasks import datagen
-from tasks.spec import spec_for
 from tasks.steps import ORDER
+from tests.e2e.conftest import failed_logs
 
 pytestmark = pytest.mark.slow
-DAG_ID = "leptonflow_events"
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    """One scheduled run of yesterday's interval on a fresh Airflow home and lake."""
-    base = tmp_path_factory.mktemp("e2e")
-    stack = AirflowStack(home=base / "airflow", lf_home=base / "lf")
-    env = {k: v for k, v in stack.env.items() if k.startswith("LEPTONFLOW_")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ds = (date.today() - timedelta(days=1)).isoformat()
-    gen = datagen.generate(env["LEPTONFLOW_LAKE"], spec_for("events"), ds, 1, 40_000, seed=11)
-    stack.init()
-    try:
-        stack.start()
-        stack.wait_dag(DAG_ID)
-        stack.cli("dags", "unpause", DAG_ID)
-        run_id = stack.wait_scheduled_run(DAG_ID, ds)
-        state = stack.wait_run(DAG_ID, run_id, timeout=1500)
-        states = stack.task_states(DAG_ID, run_id)
-        yield {"stack": stack, "run_id": run_id, "state": state, "states": states, "ds": ds, "gen": gen, "env": env}
-    finally:
-        stack.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def pipeline_run(airflow_stack, scheduled_run):
+    return {**scheduled_run, "stack": airflow_stack, "env": airflow_stack.env_vars}
 
 
 def test_every_task_succeeded(pipeline_run):
     failed = {t: s for t, s in pipeline_run["states"].items() if s != "success"}
     if failed:
-        st = pipeline_run["stack"]
-        logs = "\n".join(st.task_log(DAG_ID, pipeline_run["run_id"], t)[-3000:] for t in failed)
+        logs = failed_logs(pipeline_run["stack"], pipeline_run["run_id"], failed)
         pytest.fail(f"tasks not successful: {failed}\n{logs}")
     assert pipeline_run["state"] == "success"
     assert set(pipeline_run["states"]) == set(ORDER)
