@@ -1,0 +1,101 @@
+"""A person in a real browser (Debian's Chromium, headless): log in, trigger the DAG from
+the form with non-default Params, watch the run succeed, open the report page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.conftest import DAG_ID, day, failed_logs
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+SHOTS = Path(os.environ.get("LEPTONFLOW_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (make system-deps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, airflow_stack):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{airflow_stack.url}/", wait_until="networkidle")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", airflow_stack.password())
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
+    yield page
+    page.close()
+
+
+def _open_trigger_form(page, stack):
+    page.goto(f"{stack.url}/dags/{DAG_ID}", wait_until="networkidle")
+    page.get_by_role("button", name="Trigger Dag").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    return dialog
+
+
+def _fill(dialog, section: str, name: str, value: str) -> None:
+    field = dialog.locator(f"[name=element_{name}]")
+    if not field.is_visible():
+        dialog.get_by_role("button", name=section).click()
+    field.fill(value)
+
+
+def test_trigger_from_form_with_non_default_params(page, airflow_stack, scheduled_run):
+    ds = day(4)
+    dialog = _open_trigger_form(page, airflow_stack)
+    _fill(dialog, "Data", "interval_date", ds)
+    _fill(dialog, "Training", "epochs", "1")
+    _fill(dialog, "Training", "hidden", "32")
+    page.screenshot(path=str(SHOTS / "trigger-form.png"))
+    dialog.get_by_role("button", name="Trigger").last.click()
+    # the run the form created carries our Params
+    deadline = time.time() + 60
+    run = None
+    while run is None and time.time() < deadline:
+        status, body = airflow_stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100")
+        run = next((r for r in body.get("dag_runs", []) if (r.get("conf") or {}).get("interval_date") == ds), None)
+        time.sleep(2)
+    assert run is not None, "the form did not create a run with interval_date"
+    assert run["conf"]["epochs"] == 1 and run["conf"]["hidden"] == 32
+    state = airflow_stack.wait_run(DAG_ID, run["dag_run_id"], timeout=1200)
+    assert state == "success", failed_logs(airflow_stack, run["dag_run_id"],
+                                           airflow_stack.task_states(DAG_ID, run["dag_run_id"]))
+    page.goto(f"{airflow_stack.url}/dags/{DAG_ID}/runs/{run['dag_run_id']}", wait_until="networkidle")
+    page.screenshot(path=str(SHOTS / "run-succeeded.png"))
+    # the report page, through the Airflow api-server (plugin), with real data and pictures
+    page.goto(f"{airflow_stack.url}/leptonflow/report/events/{ds}", wait_until="networkidle")
+    text = page.inner_text("body")
+    assert "rows in" in text and "balanced: True" in text
+    assert page.locator("img").count() >= 2  # training curves, calibration, compression plots
+    page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
+
+
+def test_form_refuses_bad_value(page, airflow_stack):
+    dialog = _open_trigger_form(page, airflow_stack)
+    _fill(dialog, "Training", "epochs", "0")
+    dialog.locator("[name=element_epochs]").blur()
+    time.sleep(1)
+    page.screenshot(path=str(SHOTS / "trigger-form-bad-value.png"))
+    trigger = dialog.get_by_role("button", name="Trigger").last
+    text = dialog.inner_text()
+    assert trigger.is_disabled() or "minimum" in text.lower() or "must be" in text.lower()
