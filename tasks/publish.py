@@ -216,9 +216,12 @@ def publish_files(
         except ArtifactError as exc:
             log.warning("re-uploading %s/%s: existing copy fails verification (%s)", name, version, exc)
     if not reused:
-        store.fs.makedirs(adir, exist_ok=True)
         for rel, data in files.items():
-            store.fs.pipe_file(f"{adir}/{rel}", data)
+            if not rel or rel in (MANIFEST, LATEST) or rel.startswith("/") or ".." in rel.split("/"):
+                raise ArtifactError(f"{name}/{version}: illegal artifact file name {rel!r}")
+            path = f"{adir}/{rel}"
+            store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            store.fs.pipe_file(path, data)
         doc = {
             "format": FORMAT, "name": name, "version": version, "published_at": time.time(), **meta,
             "files": {rel: {"sha256": sha256(d), "bytes": len(d)} for rel, d in sorted(files.items())},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,61 @@ def test_compress_and_commit_writes_a_signed_stage(tmp_path, trained):
         fh.write(b"x")
     with pytest.raises(Exception, match="sha256 .* does not match"):
         compress.read_verified(lake, got, entry)
+
+
+def test_run_step_on_pipeline_manifests_then_cache_hit(lf_home, tmp_path):
+    """compress.run on real split/model manifests (datagen -> features -> build_model), then publish.run."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks import datagen, features, publish
+    from tasks.context import StepContext
+    from tasks.lake import FileEntry, Manifest
+    from tasks.model import build_model
+    from tasks.parquet_io import write_table
+
+    ds = "2026-11-05"
+    ctx = StepContext(dataset="events", ds=ds, params={"encrypt": False, "compress_ratios": [0.5],
+                                                       "compress_finetune_epochs": 1, "compress_latency_repeats": 3})
+    summary = datagen.generate(str(tmp_path / "raw"), ctx.spec, start_ds=ds, rows_per_day=3000, seed=3,
+                               faults=datagen.FaultRates.none(), files_per_day=1)
+    table = pq.read_table(summary["intervals"][ds]["files"][0])
+    bucket = np.array([int(hashlib.sha256(u.encode()).hexdigest()[:4], 16) % 10
+                       for u in table.column("user_id").to_pylist()])
+    parts = {"train": table.filter(pa.array(bucket < 6)), "val": table.filter(pa.array((bucket >= 6) & (bucket < 8))),
+             "test": table.filter(pa.array(bucket >= 8))}
+    stats = features.fit(parts["train"], ctx.spec)
+    lake = ctx.lake
+    version, vdir = lake.new_version("split", "events", ds)
+    entries = [write_table(f"{vdir}/{g}/part-0.parquet", t, f"v={version}/{g}/part-0.parquet", group=g)
+               for g, t in parts.items()]
+    lake.commit(Manifest("split", "events", ds, version, files=entries, extra={"feature_stats": stats}))
+
+    x_num, x_cat, y = features.transform(parts["train"], stats)
+    model = train_toy(build_model(stats, {"hidden": [32]}), x_num, x_cat, y, epochs=3)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    blobs = {"model.pt": buf.getvalue(), "model_config.json": json.dumps({"hparams": {"hidden": [32]}}).encode()}
+    mversion, mdir = lake.new_version("model", "events", ds)
+    mfiles = []
+    for name, blob in blobs.items():
+        lake.fs.pipe_file(f"{mdir}/{name}", blob)
+        mfiles.append(FileEntry(f"v={mversion}/{name}", 0, len(blob), hashlib.sha256(blob).hexdigest()))
+    lake.commit(Manifest("model", "events", ds, mversion, files=mfiles))
+
+    first = compress.run(ctx)
+    assert first["cache_hit"] is False and first["chosen"]["within_budget"]
+    assert first["chosen"]["name"].startswith(("p00-", "p50-"))
+    again = compress.run(ctx)
+    assert again["cache_hit"] is True and again["version"] == first["version"]
+
+    res = publish.run(ctx)
+    served = publish.load_published(res["artifact_url"], ctx.keys)
+    test = compress.TabularData.from_numpy(*features.transform(parts["test"], stats))
+    auc = compress.compute_metric("classification", test.y.numpy(), compress.predict(served, test))
+    assert auc == pytest.approx(first["test_metric"], abs=1e-9)
+    doc = json.loads((Path(res["artifact_url"]) / "manifest.json").read_text())
+    assert doc["lineage"]["manifests"]["split"]["version"] == version
+    assert doc["lineage"]["manifests"]["model"]["version"] == mversion

@@ -147,3 +147,13 @@ def test_bad_inputs_are_clear_errors(lf_home, tmp_path):
     ring = keyring.generate(tmp_path / "k.json")
     with pytest.raises(ArtifactError, match="no manifest.json or latest.json"):
         publish.verify_artifact(str(tmp_path), ring)
+
+
+def test_illegal_file_names_are_refused_before_upload(tmp_path):
+    ring = keyring.generate(tmp_path / "k.json")
+    store = tmp_path / "store"
+    for bad in ("../evil.txt", "manifest.json", "/abs"):
+        with pytest.raises(ArtifactError, match="illegal artifact file name"):
+            publish.publish_files(str(store), "m", "v1", {"model.ts": b"ok", bad: b"x"}, {}, ring)
+    assert not (tmp_path / "store" / "models" / "m" / "evil.txt").exists()
+    assert not (store / "models" / "m" / "latest.json").exists()
