@@ -229,7 +229,7 @@ def count_duplicates(*tables: pa.Table | None) -> dict[str, Any]:
     parts = [t for t in tables if t is not None and t.num_rows]
     if not parts:
         return {"unexpected_count": 0, "examples": []}
-    t = pa.concat_tables(parts)
+    t = pa.concat_tables(parts).combine_chunks()  # contiguous buffers for Acero's group_by
     cols = t.column_names
     g = t.group_by(cols).aggregate([([], "count_all")])
     dup = g.filter(pc.greater(g.column("count_all"), 1))
@@ -332,7 +332,7 @@ def count_shared_groups(*tables: pa.Table) -> dict[str, Any]:
     parts = [t for t in tables if t.num_rows]
     if not parts:
         return {"groups": 0, "shared": 0, "examples": []}
-    g = pa.concat_tables(parts).group_by("g").aggregate([("split", "count_distinct")])
+    g = pa.concat_tables(parts).combine_chunks().group_by("g").aggregate([("split", "count_distinct")])
     shared = g.filter(pc.greater(g.column("split_count_distinct"), 1))
     return {
         "groups": g.num_rows,

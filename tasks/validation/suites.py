@@ -31,6 +31,7 @@ from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
 from tasks.spec import ColumnSpec, DatasetSpec, spec_for
 from tasks.validation import expectations as lfx
@@ -149,6 +150,17 @@ def _matches(cfg: dict[str, Any], sel: dict[str, Any]) -> bool:
     return cfg["type"] == sel["type"] and ("column" not in sel or cfg["kwargs"].get("column") == sel["column"])
 
 
+def _check(cfg: dict[str, Any], suite: str) -> None:
+    from tasks.validation.engine import SUPPORTED  # lazy: the engine pulls in distributed
+
+    if cfg["type"] not in SUPPORTED:
+        raise SuiteError(f"suite {suite}: expectation {cfg['type']!r} is not evaluated by leptonflow's engine")
+    try:
+        ExpectationConfiguration(type=cfg["type"], kwargs=cfg["kwargs"], meta=cfg.get("meta")).to_domain_obj()
+    except Exception as exc:  # GX raises pydantic and its own errors: name the rule either way
+        raise SuiteError(f"suite {suite}: invalid {cfg['type']} {cfg['kwargs']}: {exc}") from exc
+
+
 def generate_suite(spec: DatasetSpec, kind: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The suite of `kind` ("raw" | "clean") for `spec`, as GX ExpectationSuite JSON."""
     if kind not in KINDS:
@@ -184,7 +196,8 @@ def generate_suite(spec: DatasetSpec, kind: str, overrides: dict[str, Any] | Non
             c["kwargs"].update(sel.get("kwargs", {}))
     for add in ov.get("add", []):
         configs.append({"type": add["type"], "kwargs": add.get("kwargs", {}), "meta": add.get("meta", {})})
-    # GX builds (and so type-checks) every configuration, overrides included.
+    for cfg in configs:  # overrides must be real GX expectations the distributed engine evaluates
+        _check(cfg, f"{spec.name}.{kind}")
     suite = gx.ExpectationSuite(
         name=suite_name(spec.name, kind), expectations=configs, meta={"generated_from": "spec+overrides"}
     )

@@ -54,8 +54,10 @@ def test_merged_counts_equal_duckdb_recount(tmp_path, addr, monkeypatch):
             assert out["unexpected_count"] == q("SELECT count(*) FROM T WHERE price < 0 OR price > 10000")
             assert out["missing_count"] == q("SELECT count(*) - count(price) FROM T")
         elif cfg["type"] == "expect_column_values_to_be_between" and col == "event_ts":
-            want = q("SELECT count(*) FROM T WHERE event_ts < TIMESTAMPTZ '2026-11-01 00:00:00+00' "
-                     "OR event_ts >= TIMESTAMPTZ '2026-11-02 00:00:00+00'")
+            want = q(
+                "SELECT count(*) FROM T WHERE event_ts < TIMESTAMPTZ '2026-11-01 00:00:00+00' "
+                "OR event_ts >= TIMESTAMPTZ '2026-11-02 00:00:00+00'"
+            )
             assert out["unexpected_count"] == want > 0
         elif cfg["type"] == "expect_column_values_to_be_in_set":
             values = ",".join(f"'{v}'" for v in cfg["kwargs"]["value_set"])
@@ -83,12 +85,18 @@ def test_result_is_a_real_gx_object(tmp_path, addr):
     gx = out.result
     assert isinstance(gx, ExpectationSuiteValidationResult) and gx.success is True
     assert all(isinstance(r, ExpectationValidationResult) for r in gx.results)
-    assert len(gx.results) == gx.statistics["evaluated_expectations"] == len(load_suite("events", "raw")["expectations"])
+    assert (
+        len(gx.results) == gx.statistics["evaluated_expectations"] == len(load_suite("events", "raw")["expectations"])
+    )
     nn = next(r for r in gx.results if r.expectation_config.type == "expect_column_values_to_not_be_null")
     assert nn.result["element_count"] == 5_000 and "unexpected_percent" in nn.result
     # suite parameters were filled into the evaluated configuration
-    ts = next(r for r in gx.results if r.expectation_config.kwargs.get("column") == "event_ts"
-              and r.expectation_config.type == "expect_column_values_to_be_between")
+    ts = next(
+        r
+        for r in gx.results
+        if r.expectation_config.kwargs.get("column") == "event_ts"
+        and r.expectation_config.type == "expect_column_values_to_be_between"
+    )
     assert ts.expectation_config.kwargs["min_value"] == params["interval_start"]
     # GX's own (de)serialization and rendering accept it
     doc = gx.to_json_dict()
@@ -146,8 +154,12 @@ def test_schema_drift_column_removed(tmp_path, addr):
 
 def test_schema_drift_type_changed(tmp_path, addr):
     raw_day(tmp_path, rows=4_000)
-    _rewrite(tmp_path, lambda t: t.set_column(t.schema.get_field_index("quantity"), "quantity",
-                                              pc.cast(t.column("quantity"), pa.string())))
+    _rewrite(
+        tmp_path,
+        lambda t: t.set_column(
+            t.schema.get_field_index("quantity"), "quantity", pc.cast(t.column("quantity"), pa.string())
+        ),
+    )
     with pytest.raises(ValidationFailed) as ei:
         run_raw(context(tmp_path, DS, addr))
     f = _by_type(ei.value.result, "expect_column_values_to_be_in_type_list", "quantity")
@@ -158,14 +170,16 @@ def test_null_flood(tmp_path, addr):
     raw_day(tmp_path, rows=8_000)
     files = sorted(raw_dir(tmp_path).glob("*.parquet"))
     t = pq.read_table(files[0])
-    pq.write_table(t.set_column(t.schema.get_field_index("user_id"), "user_id", pa.nulls(t.num_rows, pa.string())),
-                   files[0])
+    pq.write_table(
+        t.set_column(t.schema.get_field_index("user_id"), "user_id", pa.nulls(t.num_rows, pa.string())), files[0]
+    )
     with pytest.raises(ValidationFailed, match=r"expect_column_values_to_not_be_null on column 'user_id'") as ei:
         run_raw(context(tmp_path, DS, addr))
     f = _by_type(ei.value.result, "expect_column_values_to_not_be_null", "user_id")[0]
     assert f["element_count"] == 8_000
     assert f["unexpected_count"] == pq.read_table(files[0]).num_rows + sum(
-        pq.read_table(p).column("user_id").null_count for p in files[1:])
+        pq.read_table(p).column("user_id").null_count for p in files[1:]
+    )
     # nothing else fails: the error is specific
     assert len(ei.value.result["failing"]) == 1
 
@@ -255,6 +269,9 @@ def test_spec_required_columns_cover_suite():
     # every required column of the spec gets a not-null rule in the raw suite
     from tasks.validation.suites import load_suite
 
-    nn = {e["kwargs"]["column"] for e in load_suite("events", "raw")["expectations"]
-          if e["type"] == "expect_column_values_to_not_be_null"}
+    nn = {
+        e["kwargs"]["column"]
+        for e in load_suite("events", "raw")["expectations"]
+        if e["type"] == "expect_column_values_to_not_be_null"
+    }
     assert nn == set(SPEC.required)

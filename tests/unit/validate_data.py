@@ -22,8 +22,14 @@ CATS = ["electronics", "books", "home", "fashion", "toys", "sports", "beauty", "
 
 
 def clean_table(
-    n: int, seed: int, ds: str, *, start_id: int = 0, price_mu: float = 3.5,
-    device_p: tuple[float, float, float] = (0.5, 0.4, 0.1), email_null: float = 0.1,
+    n: int,
+    seed: int,
+    ds: str,
+    *,
+    start_id: int = 0,
+    price_mu: float = 3.5,
+    device_p: tuple[float, float, float] = (0.5, 0.4, 0.1),
+    email_null: float = 0.1,
 ) -> pa.Table:
     """A table in the clean contract (spec.arrow_schema()), valid for interval `ds`."""
     rng = np.random.default_rng(seed)
@@ -51,27 +57,48 @@ def clean_table(
     return pa.table(cols, schema=SPEC.arrow_schema())
 
 
-def commit_tables(lake: Lake, stage: str, ds: str, tables: list[tuple[pa.Table, str]], crypto: Any = None,
-                  row_group_rows: int = parquet_io.ROW_GROUP_ROWS) -> Manifest:
+def commit_tables(
+    lake: Lake,
+    stage: str,
+    ds: str,
+    tables: list[tuple[pa.Table, str]],
+    crypto: Any = None,
+    row_group_rows: int = parquet_io.ROW_GROUP_ROWS,
+) -> Manifest:
     """Write `tables` (table, group) as one committed output of `stage` (what clean/split do)."""
     version, vdir = lake.new_version(stage, "events", ds)
     entries = []
     for i, (t, group) in enumerate(tables):
         rel = f"{group or 'part'}/part-{i:05d}.parquet"
-        entries.append(parquet_io.write_table(f"{vdir}/{rel}", t, f"v={version}/{rel}", group=group, crypto=crypto,
-                                              row_group_rows=row_group_rows))
+        entries.append(
+            parquet_io.write_table(
+                f"{vdir}/{rel}", t, f"v={version}/{rel}", group=group, crypto=crypto, row_group_rows=row_group_rows
+            )
+        )
     return lake.commit(Manifest(stage, "events", ds, version, files=entries))
 
 
 def context(tmp_path: Path, ds: str, address: str, **params: Any) -> StepContext:
     params.setdefault("encrypt", False)
-    return StepContext(dataset="events", ds=ds, lake_url=str(tmp_path / "lake"),
-                       keyring_path=str(tmp_path / "keys" / "keyring.json"), params=params,
-                       cluster={"backend": "address", "address": address}, history_url=f"sqlite:///{tmp_path}/h.db")
+    return StepContext(
+        dataset="events",
+        ds=ds,
+        lake_url=str(tmp_path / "lake"),
+        keyring_path=str(tmp_path / "keys" / "keyring.json"),
+        params=params,
+        cluster={"backend": "address", "address": address},
+        history_url=f"sqlite:///{tmp_path}/h.db",
+    )
 
 
-def raw_day(tmp_path: Path, ds: str = "2026-11-01", rows: int = 20_000, seed: int = 5,
-            row_group_rows: int | None = None, **kw: Any) -> list[str]:
+def raw_day(
+    tmp_path: Path,
+    ds: str = "2026-11-01",
+    rows: int = 20_000,
+    seed: int = 5,
+    row_group_rows: int | None = None,
+    **kw: Any,
+) -> list[str]:
     """Raw files of one day from tasks.datagen (optionally rewritten with small row groups)."""
     out = datagen.generate(str(tmp_path / "lake"), start_ds=ds, days=1, rows_per_day=rows, seed=seed, **kw)
     files = out["intervals"][ds]["files"]
@@ -92,8 +119,9 @@ class ThreadCluster:
     def __enter__(self) -> str:
         from distributed import LocalCluster
 
-        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
-                                    host="127.0.0.1", dashboard_address=None)
+        self.cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+        )
         return self.cluster.scheduler_address
 
     def __exit__(self, *exc: Any) -> None:
