@@ -203,6 +203,9 @@ def publish_files(
     mismatch fails the publish before `latest` moves.
     """
     verify_ring = verify_ring or ring
+    bad = [r for r in files if not r or r in (MANIFEST, LATEST) or r.startswith("/") or ".." in r.split("/")]
+    if bad:  # checked before anything is uploaded
+        raise ArtifactError(f"{name}/{version}: illegal artifact file name(s) {bad}")
     store = Store.open(url, options)
     base = f"{store.root}/models/{name}"
     adir = f"{base}/{version}"
@@ -217,8 +220,6 @@ def publish_files(
             log.warning("re-uploading %s/%s: existing copy fails verification (%s)", name, version, exc)
     if not reused:
         for rel, data in files.items():
-            if not rel or rel in (MANIFEST, LATEST) or rel.startswith("/") or ".." in rel.split("/"):
-                raise ArtifactError(f"{name}/{version}: illegal artifact file name {rel!r}")
             path = f"{adir}/{rel}"
             store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             store.fs.pipe_file(path, data)

@@ -156,4 +156,5 @@ def test_illegal_file_names_are_refused_before_upload(tmp_path):
         with pytest.raises(ArtifactError, match="illegal artifact file name"):
             publish.publish_files(str(store), "m", "v1", {"model.ts": b"ok", bad: b"x"}, {}, ring)
     assert not (tmp_path / "store" / "models" / "m" / "evil.txt").exists()
+    assert not (store / "models" / "m" / "v1" / "model.ts").exists()  # nothing was uploaded
     assert not (store / "models" / "m" / "latest.json").exists()
