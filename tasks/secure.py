@@ -1,6 +1,7 @@
 """The `secure` step and tamper-evident reading helpers.
 
-``run(ctx)`` checks the interval's committed outputs of clean, quarantine and split
+``run(ctx)`` checks the interval's committed outputs of clean, quarantine (also the validation
+quarantine, ``quarantine_validation``) and split
 (each may be absent; the result says which were checked). For every file:
 
 - the manifest signature holds (``lake.require`` verifies it),
@@ -37,7 +38,7 @@ from tasks.signing import signature_key_id
 
 log = logging.getLogger(__name__)
 
-SECURED_STAGES = ("clean", "quarantine", "split")
+SECURED_STAGES = ("clean", "quarantine", "quarantine_validation", "split")
 
 
 class IntegrityError(RuntimeError):

@@ -32,7 +32,7 @@ def test_secure_verifies_and_seals_every_stage(ctx):
     made = secured_interval(ctx)
     out = secure.run(ctx)
     assert out["checked"] == {"clean": 1, "quarantine": 1, "split": 3}
-    assert out["absent"] == [] and out["files_checked"] == 5
+    assert out["absent"] == ["quarantine_validation"] and out["files_checked"] == 5
     assert out["all_encrypted"] and out["verified"] and out["key_ids"] == [ctx.keys.active]
     seal = ctx.lake.require("secure", "events", DS)  # signed like any manifest
     assert seal.digest() == out["seal_digest"]
@@ -50,7 +50,7 @@ def test_secure_verifies_and_seals_every_stage(ctx):
 def test_absent_stages_are_listed(ctx):
     commit_table(ctx, "clean", {"": events(100, DS)}, ctx.crypto())
     out = secure.run(ctx)
-    assert out["checked"] == {"clean": 1} and out["absent"] == ["quarantine", "split"]
+    assert out["checked"] == {"clean": 1} and out["absent"] == ["quarantine", "quarantine_validation", "split"]
 
 
 def test_flipped_byte_is_caught_naming_the_file(ctx):
