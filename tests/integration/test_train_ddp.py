@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from tasks.context import StepContext
@@ -13,6 +14,12 @@ from tasks.parquet_io import read_table
 from tasks.steps import run_step
 from tasks.train import checkpoint_url
 from tests.train_data import make_split
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_rank(monkeypatch):
+    """Ranks inherit OMP_NUM_THREADS=1: OpenMP spin-waits crawl on a shared, oversubscribed CPU."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 PARAMS = {"epochs": 2, "batch_size": 256, "lr": 5e-3, "checkpoint_every": 10, "patience": 2, "seed": 3}
 

@@ -11,12 +11,19 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tasks.checkpoint import CheckpointStore
 from tasks.context import StepContext
 from tasks.steps import run_step
 from tasks.train import checkpoint_url
 from tests.train_data import make_split
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_rank(monkeypatch):
+    """Ranks inherit OMP_NUM_THREADS=1: OpenMP spin-waits crawl on a shared, oversubscribed CPU."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"epochs": 2, "batch_size": 64, "lr": 3e-3, "checkpoint_every": 20, "patience": 3, "seed": 11,
