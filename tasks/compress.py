@@ -25,7 +25,8 @@ dominate the artifact, which is why the choice is measured per run and not fixed
 
 Params: ``compress_budget`` (0.01), ``compress_ratios`` ([0, 0.25, 0.5, 0.75]),
 ``compress_backends`` (all four), ``compress_finetune_epochs`` (2), ``compress_max_train_rows``
-(200000), ``compress_latency_repeats`` (30), ``seed`` (0).
+(200000: the fine-tune reads the first row groups of train, streaming), ``compress_max_eval_rows``
+(500000: cap on val/test rows held in memory), ``compress_latency_repeats`` (30), ``seed`` (0).
 """
 
 from __future__ import annotations
@@ -456,6 +457,7 @@ def _params(ctx: Any) -> dict[str, Any]:
         "compress_backends": list(ctx.param("compress_backends", list(DEFAULT_BACKENDS))),
         "compress_finetune_epochs": int(ctx.param("compress_finetune_epochs", 2)),
         "compress_max_train_rows": int(ctx.param("compress_max_train_rows", 200_000)),
+        "compress_max_eval_rows": int(ctx.param("compress_max_eval_rows", 500_000)),
         "compress_latency_repeats": int(ctx.param("compress_latency_repeats", 30)),
         "seed": int(ctx.param("seed", 0)),
     }
@@ -569,8 +571,8 @@ def run(ctx: Any) -> dict[str, Any]:
     crypto = ctx.crypto()
     data = {
         "train": load_split(lake, split_m, "train", stats, crypto, params["compress_max_train_rows"]),
-        "val": load_split(lake, split_m, "val", stats, crypto),
-        "test": load_split(lake, split_m, "test", stats, crypto),
+        "val": load_split(lake, split_m, "val", stats, crypto, params["compress_max_eval_rows"]),
+        "test": load_split(lake, split_m, "test", stats, crypto, params["compress_max_eval_rows"]),
     }
     model, hparams = load_trained_model(lake, model_m, stats)
     m = compress_and_commit(lake, ctx.dataset, ctx.ds, model, hparams, stats, data, params, fp, code)

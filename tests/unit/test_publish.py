@@ -158,3 +158,22 @@ def test_illegal_file_names_are_refused_before_upload(tmp_path):
     assert not (tmp_path / "store" / "models" / "m" / "evil.txt").exists()
     assert not (store / "models" / "m" / "v1" / "model.ts").exists()  # nothing was uploaded
     assert not (store / "models" / "m" / "latest.json").exists()
+
+
+def test_python_m_tasks_verify_artifact_exit_codes(published):
+    import os
+    import subprocess
+    import sys
+
+    ctx, res = published
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    ok = subprocess.run([sys.executable, "-m", "tasks", "verify-artifact", res["artifact_url"]], cwd=repo, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["version"] == res["version"]
+    target = Path(res["artifact_url"]) / "compression.png"
+    target.write_bytes(target.read_bytes() + b"\0")
+    bad = subprocess.run([sys.executable, "-m", "tasks", "verify-artifact", res["artifact_url"]], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "compression.png" in bad.stderr
