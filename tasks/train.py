@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 50,
 }
 RESULT = "result.json"
+_RUNNING: set[subprocess.Popen] = set()  # torchrun launchers of this process (for stop_running)
 
 
 class TrainError(RuntimeError):
@@ -124,6 +125,7 @@ def launch(nproc: int, config_path: str, env_extra: dict[str, str] | None = None
     log.info("launching %d rank(s): %s", nproc, " ".join(cmd))
     tail: deque[str] = deque(maxlen=30)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _RUNNING.add(proc)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -132,14 +134,29 @@ def launch(nproc: int, config_path: str, env_extra: dict[str, str] | None = None
             log.info("%s", line)
         rc = proc.wait()
     except BaseException:  # task killed / timed out: do not leave the ranks running
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         raise
+    finally:
+        _RUNNING.discard(proc)
     if rc != 0:
         raise TrainError(f"training ranks failed (torchrun exit code {rc}); last output:\n" + "\n".join(tail))
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM torchrun (it forwards the signal to the ranks), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def stop_running() -> None:
+    """Stop the training launched by this process (the operator's on_kill); checkpoints stay for the retry."""
+    for proc in list(_RUNNING):
+        _stop(proc)
 
 
 def _curves_png(history: list[dict[str, Any]], metric: str) -> bytes:
