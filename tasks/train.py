@@ -252,6 +252,7 @@ def run(ctx: Any) -> dict[str, Any]:
             "metric": metric_name, "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
             "train_samples_per_s": result["train_samples_per_s"], "global_step": result["global_step"],
             "resumed_from_step": result["resumed_from_step"], "nproc": nproc, "device": device,
+            "peak_gpu_mem_bytes": result.get("peak_gpu_mem_bytes"),
             "input_rows": split.rows_in("train"),
             "input_bytes": sum(f.bytes for f in split.group_files("train")),
         }
@@ -513,6 +514,7 @@ class Trainer:
                 "best_val_metric": st["best_metric"], "best_epoch": st["best_epoch"], "metric": self.metric,
                 "stopped_early": st["stopped_early"], "global_step": st["global_step"],
                 "resumed_from_step": self.resumed_from,
+                "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
                 "train_samples_per_s": (sum(speeds) / len(speeds)) if speeds else
                 (history[-1]["samples_per_s"] if history else 0.0),
             }
