@@ -16,7 +16,7 @@ def dagbag():
 
     from tests.conftest import REPO
 
-    return DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    return DagBag(dag_folder=str(REPO / "dags"))
 
 
 def test_no_import_errors(dagbag):
@@ -25,7 +25,7 @@ def test_no_import_errors(dagbag):
 
 @pytest.mark.parametrize("spec", all_specs(), ids=lambda s: s.name)
 def test_one_dag_per_spec_with_all_stages_in_order(dagbag, spec):
-    dag = dagbag.get_dag(f"leptonflow_{spec.name}")
+    dag = dagbag.dags.get(f"leptonflow_{spec.name}")
     assert dag is not None
     assert dag.max_active_runs > 1
     # a straight chain validate_raw -> ... -> publish
@@ -37,7 +37,7 @@ def test_one_dag_per_spec_with_all_stages_in_order(dagbag, spec):
 
 
 def test_params_are_typed_documented_and_grouped(dagbag):
-    dag = dagbag.get_dag("leptonflow_events")
+    dag = dagbag.dags["leptonflow_events"]
     for name, param in dag.params.items():
         schema = param.schema
         assert "type" in schema, name
@@ -45,8 +45,11 @@ def test_params_are_typed_documented_and_grouped(dagbag):
         assert schema.get("section"), name
     # bad values are refused by the schema
     from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
 
-    bad = ParamsDict({k: v for k, v in dag.params.items()})
-    bad["validation_policy"] = "explode"
-    with pytest.raises(Exception, match="explode|not one of"):
-        bad.validate()
+    params = ParamsDict({k: v for k, v in dag.params.items()})
+    params.validate()  # the defaults are valid
+    with pytest.raises(ParamValidationError, match="not one of"):
+        params["validation_policy"] = "explode"
+    with pytest.raises(ParamValidationError, match="minimum"):
+        params["epochs"] = 0
