@@ -48,6 +48,7 @@ HEURISTIC_MEMORY_FACTOR = 6.0
 HEURISTIC_BASE_MEMORY = 256 << 20
 DEFAULT_PARTITION_BYTES = 64 << 20
 MIN_HISTORY = 5
+MEMORY_FRACTION = 0.7  # distributed.worker.memory.spill
 QUANTILE = 0.9
 
 
@@ -61,27 +62,36 @@ def _mem_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndar
     return np.column_stack([gb / workers, gb / (workers * threads)])
 
 
+def _with_constant(x: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones(len(x)), x])
+
+
 class _RatioModel:
     """Non-negative linear model fitted for relative error, with a leave-one-out ratio quantile."""
 
     def __init__(self, quantile: float):
         self.quantile = quantile
-        self.model = LinearRegression(positive=True)
+        self.model = LinearRegression(positive=True, fit_intercept=False)
         self.upper_ratio = 1.0
+        self.floor = 1e-6
         self.loo_ape: list[float] = []
+        self.loo_ratios: list[float] = []  # actual / predicted on held-out runs
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> _RatioModel:
+        x = _with_constant(x)  # the fixed overhead is a coefficient too, so it cannot go negative
         w = 1.0 / np.maximum(y, 1e-9) ** 2
+        self.floor = 0.05 * float(y.min())  # no run is predicted faster than a small share of the fastest seen
         self.model.fit(x, y, sample_weight=w)
         ratios: list[float] = []
         if len(y) >= 3:
             for i in range(len(y)):  # leave-one-out: the bound is judged on runs it did not see
                 keep = np.arange(len(y)) != i
-                m = LinearRegression(positive=True).fit(x[keep], y[keep], sample_weight=w[keep])
-                pred = max(float(m.predict(x[i : i + 1])[0]), 1e-9)
+                m = LinearRegression(positive=True, fit_intercept=False).fit(x[keep], y[keep], sample_weight=w[keep])
+                pred = max(float(m.predict(x[i : i + 1])[0]), self.floor)
                 ratios.append(float(y[i]) / pred)
         else:
-            ratios = list(y / np.maximum(self.model.predict(x), 1e-9))
+            ratios = list(y / np.maximum(self.model.predict(x), self.floor))
+        self.loo_ratios = ratios
         self.loo_ape = [abs(1.0 / r - 1.0) for r in ratios]
         # the finite-sample conformal quantile index: ceil((n+1) q) / n
         n = len(ratios)
@@ -90,7 +100,7 @@ class _RatioModel:
         return self
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pred = np.maximum(self.model.predict(x), 1e-6)
+        pred = np.maximum(self.model.predict(_with_constant(x)), self.floor)
         return pred, pred * self.upper_ratio
 
 
@@ -155,11 +165,14 @@ def make_plan(
     min_history: int = MIN_HISTORY,
     quantile: float = QUANTILE,
     heuristic_bytes_per_s: float = HEURISTIC_BYTES_PER_S,
+    memory_fraction: float = MEMORY_FRACTION,
 ) -> ClusterPlan:
     """Smallest cluster meeting `deadline_s` (at the upper quantile) and fitting in memory.
 
     `heuristic_bytes_per_s` (Param ``heuristic_bytes_per_s``) is the per-thread throughput the
-    no-history heuristic assumes; a deployment sets it from one measured run.
+    no-history heuristic assumes; a deployment sets it from one measured run. Memory fits when
+    the upper peak stays under `memory_fraction` x `memory_per_worker` (Dask starts spilling
+    to disk at 0.7 of the worker limit, so that is the default).
     """
     if min_workers < 1 or max_workers < min_workers:
         raise ValueError(f"plan: need 1 <= min_workers <= max_workers, got {min_workers}..{max_workers}")
@@ -183,11 +196,12 @@ def make_plan(
         why = (f"only {f.n_runs} successful runs in history (< {min_history}): "
                f"{heuristic_bytes_per_s / 2**20:.3g} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
     fits_time = est["wall_s_upper"] <= deadline_s
-    fits_mem = est["peak_memory_upper"] <= memory_per_worker
+    fits_mem = est["peak_memory_upper"] <= memory_fraction * memory_per_worker
     ok = np.flatnonzero(fits_time & fits_mem)
     if ok.size:
         i = int(ok[0])
-        reason = f"smallest size meeting deadline {deadline_s:g}s at q{quantile:g} and {memory_per_worker} B/worker"
+        reason = (f"smallest size meeting deadline {deadline_s:g}s at q{quantile:g} with peak memory under "
+                  f"{memory_fraction:g} x {memory_per_worker} B/worker")
     elif fits_mem.any():
         i = int(np.flatnonzero(fits_mem)[np.argmin(est["wall_s_upper"][fits_mem])])
         reason = (f"deadline {deadline_s:g}s cannot be met within {max_workers} workers "
@@ -195,7 +209,8 @@ def make_plan(
     else:
         i = len(sizes) - 1
         reason = (f"peak memory per worker (upper {est['peak_memory_upper'][i]:.3g} B) exceeds "
-                  f"memory_per_worker {memory_per_worker} at every size; using the maximum ({max_workers})")
+                  f"{memory_fraction:g} x memory_per_worker {memory_per_worker} at every size; "
+                  f"using the maximum ({max_workers})")
     predicted = {k: round(float(v[i]), 3) for k, v in est.items()}
     predicted["input_bytes"] = float(input_bytes)
     return ClusterPlan(
@@ -273,6 +288,7 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
         min_history=_int_param(ctx, "min_history", MIN_HISTORY),
         quantile=_float_param(ctx, "forecast_quantile", QUANTILE),
         heuristic_bytes_per_s=_float_param(ctx, "heuristic_bytes_per_s", HEURISTIC_BYTES_PER_S),
+        memory_fraction=_float_param(ctx, "memory_fraction", MEMORY_FRACTION),
     )
     if volume_note:
         plan.reason += f"; {volume_note}"
