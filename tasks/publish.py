@@ -299,7 +299,7 @@ def run(ctx: Any) -> dict[str, Any]:
     """Pipeline step: publish the interval's compressed model with manifest, card and lineage."""
     lake: Lake = ctx.lake
     comp = lake.require("compressed", ctx.dataset, ctx.ds)
-    stages = {s: lake.manifest(s, ctx.dataset, ctx.ds) for s in ("clean", "split", "model", "evaluation")}
+    stages = {s: lake.manifest(s, ctx.dataset, ctx.ds) for s in ("clean", "split", "model", "evaluation", "validation")}
     name = str(ctx.param("model_name", ctx.dataset))
     options = ctx.param("artifacts_storage_options") or None
     code = code_version("publish", "compress", "prune", "export")
@@ -317,6 +317,10 @@ def run(ctx: Any) -> dict[str, Any]:
             rel = f.path.split("/", 1)[-1]
             if rel.endswith((".png", ".md")) or rel in {"model_config.json", "metrics.json"}:
                 files[f"{stage}/{rel}"] = lake_read(lake, m, f)
+    if stages["validation"] is not None:  # the GX Data Docs (raw/, clean/ pages + result JSON)
+        for f in stages["validation"].files:
+            files[f"validation/{f.path}"] = lake_read(lake, stages["validation"], f)
+    suites = stages["validation"].extra.get("suites", {}) if stages["validation"] else {}
     summary = comp.extra.get("summary", {})
     up = ctx.upstream or {}
     model_m = stages["model"]
@@ -329,8 +333,12 @@ def run(ctx: Any) -> dict[str, Any]:
             "interval": {"start": str(ctx.interval_start), "end": str(ctx.interval_end), "ds": ctx.ds},
             "run_id": ctx.run_id,
             "manifests": {**{s: _lineage_entry(stages[s]) for s in ("clean", "split", "model")},
-                          "compressed": _lineage_entry(comp), "evaluation": _lineage_entry(stages["evaluation"])},
-            "validation": {k: up[k] for k in ("validate_raw", "validate_clean", "secure") if k in up},
+                          "compressed": _lineage_entry(comp), "evaluation": _lineage_entry(stages["evaluation"]),
+                          "validation": _lineage_entry(stages["validation"])},
+            # the steps' results (XCom) when run in a DAG, else the committed Data Docs summaries
+            "validation": {k: up.get(k) or (suites.get(k.removeprefix("validate_")) if k != "secure" else None)
+                           for k in ("validate_raw", "validate_clean", "secure")
+                           if up.get(k) or suites.get(k.removeprefix("validate_"))},
             "plans": {k: up.get(k) for k in ("plan_clean", "plan_train")},
         },
         "code": {"version": code, "git_commit": _git_commit()},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from tasks import compress, keyring, publish
 from tasks.context import StepContext
+from tasks.lake import FileEntry, Manifest
 from tasks.publish import ArtifactError
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
@@ -32,13 +35,31 @@ def _compressed_lake(ctx: StepContext, model, data) -> None:
                                  {"task": "classification"}, data, params, "fp", "code")
 
 
-@pytest.fixture
-def published(lf_home, model_and_data):
+@pytest.fixture(scope="module")
+def template_home(tmp_path_factory, model_and_data) -> Path:
+    """A LEPTONFLOW_HOME with a keyring, a committed `compressed` stage and Data Docs: built once, copied per test."""
     model, data = model_and_data
-    upstream = {"validate_raw": {"success": True, "evaluated": 12}, "validate_clean": {"success": True},
-                "plan_train": {"nproc": 1, "device": "cpu"}}
-    ctx = StepContext(dataset="events", ds=DS, params={"seed": 0, "api_key": "hunter2"}, upstream=upstream)
+    home = tmp_path_factory.mktemp("template") / "lfhome"
+    ctx = StepContext(dataset="events", ds=DS, lake_url=str(home / "lake"),
+                      keyring_path=str(home / "keys" / "keyring.json"))
     _compressed_lake(ctx, model, data)
+    # committed GX Data Docs of the interval (what tasks.validate leaves in the lake)
+    page = b"<html>clean suite: 31 expectations passed</html>"
+    idir = ctx.lake.interval_dir("validation", "events", DS)
+    ctx.lake.fs.makedirs(f"{idir}/clean", exist_ok=True)
+    ctx.lake.fs.pipe_file(f"{idir}/clean/index.html", page)
+    ctx.lake.commit(Manifest("validation", "events", DS, "v1", files=[
+        FileEntry("clean/index.html", 0, len(page), hashlib.sha256(page).hexdigest())],
+        extra={"suites": {"clean": {"success": True, "evaluated_expectations": 31}}}))
+    return home
+
+
+@pytest.fixture
+def published(lf_home, template_home):
+    for sub in ("lake", "keys"):
+        shutil.copytree(template_home / sub, lf_home / sub)
+    upstream = {"validate_raw": {"success": True, "evaluated": 12}, "plan_train": {"nproc": 1, "device": "cpu"}}
+    ctx = StepContext(dataset="events", ds=DS, params={"seed": 0, "api_key": "hunter2"}, upstream=upstream)
     return ctx, publish.run(ctx)
 
 
@@ -51,7 +72,10 @@ def test_publish_writes_signed_manifest_with_lineage(published):
     comp = ctx.lake.require("compressed", "events", DS)
     assert doc["lineage"]["manifests"]["compressed"]["digest"] == comp.digest()
     assert doc["lineage"]["manifests"]["model"] is None  # no model stage in this lake: recorded as absent
-    assert doc["lineage"]["validation"]["validate_raw"]["evaluated"] == 12
+    assert doc["lineage"]["validation"]["validate_raw"]["evaluated"] == 12  # from the upstream step result
+    assert doc["lineage"]["validation"]["validate_clean"]["evaluated_expectations"] == 31  # from the lake
+    assert doc["lineage"]["manifests"]["validation"]["version"] == "v1"
+    assert (adir / "validation" / "clean" / "index.html").read_bytes().startswith(b"<html>clean suite")
     assert doc["lineage"]["plans"]["plan_train"] == {"nproc": 1, "device": "cpu"}
     assert doc["lineage"]["interval"]["ds"] == DS and doc["code"]["version"]
     assert "api_key" not in doc["params"] and doc["params"]["seed"] == 0  # secrets never in the manifest
