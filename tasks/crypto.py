@@ -170,16 +170,23 @@ def key_material_url(url: str) -> str:
     return f"{head}/{KEY_MATERIAL_PREFIX}{name}.json"
 
 
-def file_key_ids(url: str) -> set[str]:
-    """Master key ids that wrap a file's keys, read from its sidecar (no key needed)."""
+def read_key_material(url: str) -> bytes:
+    """The raw sidecar of a data file (its external key material)."""
     side = key_material_url(url)
     fs, path = fsspec.core.url_to_fs(side)
     try:
-        doc = json.loads(fs.cat_file(path))
+        return fs.cat_file(path)
     except FileNotFoundError:
         raise CryptoError(f"{url}: no external key material ({side} is missing)") from None
+
+
+def file_key_ids(url: str, material: bytes | None = None) -> set[str]:
+    """Master key ids that wrap a file's keys, read from its sidecar (no key needed)."""
+    raw = read_key_material(url) if material is None else material
+    try:
+        doc = json.loads(raw)
     except ValueError as exc:
-        raise CryptoError(f"{side}: unreadable key material: {exc}") from None
+        raise CryptoError(f"{key_material_url(url)}: unreadable key material: {exc}") from None
     ids: set[str] = set()
     for value in doc.values():
         try:

@@ -30,15 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks import crypto as lfcrypto
 from tasks import parquet_io
+from tasks.keyring import KeyError_
 from tasks.lake import FileEntry, Lake, Manifest, code_version
 from tasks.signing import signature_key_id
 
 log = logging.getLogger(__name__)
 
 SECURED_STAGES = ("clean", "quarantine", "quarantine_validation", "split")
+IN_MEMORY_MAX = 256 << 20  # files up to this size are fetched once and checked from memory
 
 
 class IntegrityError(RuntimeError):
@@ -74,31 +78,68 @@ def verified_files(ctx: Any, stage: str, group: str | None = None) -> list[tuple
 
 
 def _check_file(url: str, entry: FileEntry, crypto: Any, known_keys: set[str]) -> dict[str, Any]:
-    """All checks of one file; returns its key ids and sidecar digest (small JSON)."""
-    check_sha256(url, entry)
+    """All checks of one file; returns its key ids and sidecar digest (small JSON).
+
+    Files up to IN_MEMORY_MAX are fetched once (one GET on object stores) and every check
+    runs on those bytes; larger ones are streamed.
+    """
     info: dict[str, Any] = {"path": entry.path, "rows": entry.rows, "encrypted": bool(entry.key_id)}
+    data = _fetch_small(url, entry)
+    if data is None:
+        check_sha256(url, entry)
+    elif not hmac.compare_digest(hashlib.sha256(data).hexdigest(), entry.sha256):
+        raise IntegrityError(f"{url}: sha256 does not match the manifest's {entry.sha256[:16]}...")
+
+    def parquet(props: Any) -> pq.ParquetFile:
+        if data is None:
+            return parquet_io.open_parquet(url, crypto if props is not None else None)
+        try:
+            return pq.ParquetFile(pa.BufferReader(data), decryption_properties=props)
+        except KeyError_ as exc:
+            raise parquet_io.ParquetReadError(f"{url}: cannot decrypt: {exc}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise parquet_io.ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
+
+    props = None
     if crypto is not None:
         if not entry.key_id:
             raise IntegrityError(f"{url}: not encrypted (manifest records no key id) while encryption is on")
         try:
-            parquet_io.read_table(url, None, columns=[])
+            parquet(None)
         except parquet_io.ParquetReadError:
             pass  # expected: without keys even the footer is unreadable
         else:
             raise IntegrityError(f"{url}: readable without keys: the file is not encrypted")
-        key_ids = lfcrypto.file_key_ids(url)
+        material = lfcrypto.read_key_material(url)
+        key_ids = lfcrypto.file_key_ids(url, material)
         unknown = key_ids - known_keys
         if unknown:
             raise IntegrityError(f"{url}: wrapped by master key(s) {sorted(unknown)} not in the keyring")
         info["key_ids"] = sorted(key_ids)
-        side = lfcrypto.key_material_url(url)
-        info["key_material_sha256"] = _sha256(side)
+        info["key_material_sha256"] = hashlib.sha256(material).hexdigest()
+        props = crypto.decryption_properties(url=url)
+    pf = parquet(props)
     rows = 0
-    for rg in parquet_io.iter_row_groups(url, crypto):  # decrypts + authenticates every page
-        rows += rg.num_rows
+    for i in range(pf.num_row_groups):  # decrypts + authenticates every page
+        try:
+            rows += pf.read_row_group(i).num_rows
+        except KeyError_ as exc:
+            raise parquet_io.ParquetReadError(f"{url}: row group {i}: cannot decrypt: {exc}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise parquet_io.ParquetReadError(f"{url}: row group {i}: {exc}") from exc
     if rows != entry.rows:
         raise IntegrityError(f"{url}: {rows} rows read, the manifest says {entry.rows}")
     return info
+
+
+def _fetch_small(url: str, entry: FileEntry) -> bytes | None:
+    if entry.bytes > IN_MEMORY_MAX:
+        return None
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"{url}: file listed in the manifest is missing") from None
 
 
 def check_manifest(lake: Lake, m: Manifest, crypto: Any, known_keys: set[str]) -> dict[str, Any]:

@@ -62,7 +62,8 @@ def commit_table(ctx: StepContext, stage: str, parts: dict[str, pa.Table], crypt
     files = []
     for i, (group, table) in enumerate(parts.items()):
         rel = f"v={version}/{group or 'part'}-{i:05d}.parquet"
-        files.append(parquet_io.write_table(f"{vdir}/{rel.split('/', 1)[1]}", table, rel, group=group, crypto=crypto))
+        url = lake.full_url(f"{vdir}/{rel.split('/', 1)[1]}")
+        files.append(parquet_io.write_table(url, table, rel, group=group, crypto=crypto))
     return lake.commit(Manifest(stage, ctx.dataset, ctx.ds, version, files=files))
 
 

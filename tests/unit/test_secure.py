@@ -28,7 +28,9 @@ def _files(ctx, stage):
     return [Path(ctx.lake.abspath(m, e)) for e in m.files]
 
 
-def test_secure_verifies_and_seals_every_stage(ctx):
+@pytest.mark.parametrize("in_memory_max", [secure.IN_MEMORY_MAX, 0], ids=["fetched-once", "streamed"])
+def test_secure_verifies_and_seals_every_stage(ctx, monkeypatch, in_memory_max):
+    monkeypatch.setattr(secure, "IN_MEMORY_MAX", in_memory_max)
     made = secured_interval(ctx)
     out = secure.run(ctx)
     assert out["checked"] == {"clean": 1, "quarantine": 1, "split": 3}
@@ -53,7 +55,9 @@ def test_absent_stages_are_listed(ctx):
     assert out["checked"] == {"clean": 1} and out["absent"] == ["quarantine", "quarantine_validation", "split"]
 
 
-def test_flipped_byte_is_caught_naming_the_file(ctx):
+@pytest.mark.parametrize("in_memory_max", [secure.IN_MEMORY_MAX, 0], ids=["fetched-once", "streamed"])
+def test_flipped_byte_is_caught_naming_the_file(ctx, monkeypatch, in_memory_max):
+    monkeypatch.setattr(secure, "IN_MEMORY_MAX", in_memory_max)
     secured_interval(ctx)
     victim = _files(ctx, "split")[1]
     data = bytearray(victim.read_bytes())
@@ -85,7 +89,9 @@ def test_plaintext_file_is_refused_when_encryption_is_on(ctx):
     assert out["checked"] == {"clean": 1} and not out["all_encrypted"]
 
 
-def test_swapped_key_material_is_caught(ctx):
+@pytest.mark.parametrize("in_memory_max", [secure.IN_MEMORY_MAX, 0], ids=["fetched-once", "streamed"])
+def test_swapped_key_material_is_caught(ctx, monkeypatch, in_memory_max):
+    monkeypatch.setattr(secure, "IN_MEMORY_MAX", in_memory_max)
     commit_table(ctx, "clean", {"": events(300, DS), "x": events(300, DS, seed=2)}, ctx.crypto())
     a, b = _files(ctx, "clean")
     sa, sb = Path(crypto.key_material_url(str(a))), Path(crypto.key_material_url(str(b)))
