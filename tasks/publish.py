@@ -250,7 +250,16 @@ def _git_commit() -> str:
 
 
 def _public_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if not any(h in k.lower() for h in _SECRET_HINTS)}
+    """Params minus anything that may hold a secret (by key name, at any depth; storage options entirely)."""
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items() if not any(h in str(k).lower() for h in _SECRET_HINTS)}
+        if isinstance(v, list):
+            return [scrub(x) for x in v]
+        return v
+
+    return scrub({k: v for k, v in params.items() if k != "artifacts_storage_options"})
 
 
 def _lineage_entry(m: Manifest | None) -> dict[str, Any] | None:
@@ -354,6 +363,9 @@ def run(ctx: Any) -> dict[str, Any]:
     files["MODEL_CARD.md"] = model_card({"name": name, "version": version, **meta}, table).encode()
     result = publish_files(ctx.artifacts_url, name, version, files, meta, ctx.keys, options)
     result["compressed"] = bool(summary.get("compressed"))
+    result["metrics"] = {k: summary.get(k) for k in ("metric_name", "test_metric", "baseline_metric", "size_ratio",
+                                                     "speedup_b256", "serving_format")}
+    result["metrics"]["candidate"] = (summary.get("chosen") or {}).get("name")
     return result
 
 

@@ -51,6 +51,9 @@ def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="models", Prefix="prod/")["Contents"]}
     assert f"prod/models/events/{res['version']}/manifest.json" in keys
     assert f"prod/models/events/{res['version']}/model.ts" in keys
+    manifest = client.get_object(Bucket="models", Key=f"prod/models/events/{res['version']}/manifest.json")
+    text = manifest["Body"].read().decode()
+    assert "artifacts_storage_options" not in text and '"secret"' not in text  # credentials never published
     latest = json.loads(client.get_object(Bucket="models", Key="prod/models/events/latest.json")["Body"].read())
     assert latest["version"] == res["version"]
     assert "endpoint_url" not in json.dumps(latest)

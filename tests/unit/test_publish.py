@@ -59,13 +59,16 @@ def published(lf_home, template_home):
     for sub in ("lake", "keys"):
         shutil.copytree(template_home / sub, lf_home / sub)
     upstream = {"validate_raw": {"success": True, "evaluated": 12}, "plan_train": {"nproc": 1, "device": "cpu"}}
-    ctx = StepContext(dataset="events", ds=DS, params={"seed": 0, "api_key": "hunter2"}, upstream=upstream)
+    ctx = StepContext(dataset="events", ds=DS, upstream=upstream,
+                      params={"seed": 0, "api_key": "hunter2", "extra": {"db": {"password": "hunter3", "port": 5}}})
     return ctx, publish.run(ctx)
 
 
 def test_publish_writes_signed_manifest_with_lineage(published):
     ctx, res = published
     assert res["verified"] and res["asset_uri"] == "leptonflow://models/events"
+    assert res["metrics"]["candidate"] and res["metrics"]["metric_name"] == "auc"
+    assert json.loads(json.dumps(res)) == res  # small JSON only: it travels as XCom
     adir = Path(res["artifact_url"])
     assert adir.parent.name == "events" and adir.parent.parent.name == "models" and adir.name == res["version"]
     doc = json.loads((adir / "manifest.json").read_text())
@@ -79,7 +82,9 @@ def test_publish_writes_signed_manifest_with_lineage(published):
     assert doc["lineage"]["plans"]["plan_train"] == {"nproc": 1, "device": "cpu"}
     assert doc["lineage"]["interval"]["ds"] == DS and doc["code"]["version"]
     assert "api_key" not in doc["params"] and doc["params"]["seed"] == 0  # secrets never in the manifest
-    assert "hunter2" not in (adir / "manifest.json").read_text()
+    text = (adir / "manifest.json").read_text()
+    assert "hunter2" not in text and "hunter3" not in text
+    assert doc["params"]["extra"] == {"db": {"port": 5}}
     for rel, meta in doc["files"].items():
         assert (adir / rel).stat().st_size == meta["bytes"]
     assert {"model.ts", "MODEL_CARD.md", "compression.png", "compression.md"} <= set(doc["files"])
