@@ -373,28 +373,30 @@ def clean_chunk(chunk: Chunk, job: Job) -> tuple[Any, ...]:
 
     keep = np.flatnonzero(reason == 0)
     schema = spec.arrow_schema()
-    good = pa.Table.from_arrays([cols[c.name].take(pa.array(keep)).cast(schema.field(c.name).type)
-                                 for c in spec.columns], schema=schema)
+    # bucket by key hash; within a bucket rows stay in source order (one take per column)
+    bucket = bucket_of(pa.table({k: cols[k] for k in spec.key}), spec.key, job.n_buckets)[keep]
+    by_bucket = np.argsort(bucket, kind="stable")
+    order = pa.array(keep[by_bucket])
+    bounds = np.searchsorted(bucket[by_bucket], np.arange(job.n_buckets + 1))
+    good = pa.Table.from_arrays([cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns],
+                                schema=schema)
     good = good.append_column(SRC_FILE, pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
-    good = good.append_column(SRC_ROW, pa.array(keep + chunk.first_row, pa.int64()))
-    bucket = bucket_of(good, spec.key, job.n_buckets)
-    order = np.argsort(bucket, kind="stable")
-    bounds = np.searchsorted(bucket[order], np.arange(job.n_buckets + 1))
-    good = good.take(pa.array(order))
+    good = good.append_column(SRC_ROW, pa.array(keep[by_bucket] + chunk.first_row, pa.int64()))
     parts = [good.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])) for j in range(job.n_buckets)]
     meta["bytes_shuffled"] = int(sum(p.nbytes for p in parts))
     return (*parts, meta)
 
 
-def _same_as_previous(sorted_table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
-    n = sorted_table.num_rows
-    same = np.ones(max(n - 1, 0), dtype=bool)
+def _key_codes(table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
+    """Dense int64 code per row, equal iff the key values are equal (null equals null); hash-based, no sort."""
+    code = np.zeros(table.num_rows, dtype=np.int64)
     for k in key:
-        col = sorted_table.column(k).combine_chunks()
-        a, b = col.slice(1), col.slice(0, n - 1)
-        eq = pc.or_(pc.equal(a, b).fill_null(False), pc.and_(a.is_null(), b.is_null()))
-        same &= eq.to_numpy(zero_copy_only=False)
-    return np.concatenate([[False], same]) if n else np.zeros(0, dtype=bool)
+        enc = pc.dictionary_encode(table.column(k).combine_chunks())
+        idx = enc.indices.fill_null(len(enc.dictionary)).to_numpy(zero_copy_only=False).astype(np.int64)
+        code = code * (len(enc.dictionary) + 1) + idx
+        if len(key) > 1:
+            code = np.unique(code, return_inverse=True)[1].astype(np.int64)  # keep codes dense: no overflow
+    return code
 
 
 def dedupe_bucket(j: int, job: Job, *parts: pa.Table) -> dict[str, Any]:
@@ -405,11 +407,15 @@ def dedupe_bucket(j: int, job: Job, *parts: pa.Table) -> dict[str, Any]:
     out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "clean": None, "quarantine": None}
     if n == 0:
         return out
-    order = [(k, "ascending") for k in (*spec.key, *spec.dedupe_order, SRC_FILE, SRC_ROW)]
-    table = table.sort_by(order)
-    dup = _same_as_previous(table, spec.key)
-    survivors = table.filter(pa.array(~dup)).sort_by([(SRC_FILE, "ascending"), (SRC_ROW, "ascending")])
-    losers = np.flatnonzero(dup)
+    # Parts arrive in chunk order and each is in source order, so the table is in (source file, row) order.
+    # Survivor per key = first in (dedupe_order..., source file, source row): sort those numbers, not the keys.
+    rank = pc.sort_indices(table, sort_keys=[(c, "ascending", "at_end")
+                                             for c in (*spec.dedupe_order, SRC_FILE, SRC_ROW)]).to_numpy()
+    _, first = np.unique(_key_codes(table, spec.key)[rank], return_index=True)
+    keep = np.zeros(n, dtype=bool)
+    keep[rank[first]] = True
+    survivors = table.filter(pa.array(keep))
+    losers = np.flatnonzero(~keep)
     if len(losers):
         lt = table.take(pa.array(losers))
         q = {c.name: lt.column(c.name).combine_chunks().cast(pa.string()) for c in spec.columns}
