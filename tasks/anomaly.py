@@ -11,7 +11,8 @@ history (unseen values get a tiny share), so a burst of rare combinations stands
 The threshold is the ``1 - contamination`` quantile of the history's own scores
 (``spec.anomaly.contamination``, Param ``anomaly_contamination``): a normal interval
 flags about that share of rows. Flagged rows go to quarantine with reason
-``anomaly`` (the clean step calls :func:`split_partition` per partition). An interval
+``anomaly`` (the clean step calls :func:`split_table` (Arrow) or :func:`split_partition` (pandas) per
+partition with a model from :func:`fit_for_context`, then :func:`judge` on the totals). An interval
 whose flagged share exceeds ``anomaly_max_rate`` (default ``spec.anomaly.max_rate``)
 alerts: Param ``anomaly_policy`` ``fail`` raises :class:`AnomalyAlert`, ``warn`` logs
 and reports. A model is fitted on history, never on the interval it scores, so a
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.ensemble import IsolationForest
 
 from tasks import parquet_io
@@ -59,11 +61,11 @@ def feature_columns(spec: DatasetSpec) -> tuple[list[str], list[str]]:
 
 
 def _frame(data: pa.Table | pd.DataFrame, needed: list[str], where: str) -> pd.DataFrame:
-    df = data.to_pandas() if isinstance(data, pa.Table) else data
-    missing = [c for c in needed if c not in df.columns]
+    names = data.column_names if isinstance(data, pa.Table) else list(data.columns)
+    missing = [c for c in needed if c not in names]
     if missing:
         raise ValueError(f"{where}: anomaly features need column(s) {missing}, not found")
-    return df
+    return data.select(needed).to_pandas() if isinstance(data, pa.Table) else data
 
 
 @dataclass
@@ -210,6 +212,14 @@ def _rule(ctx: Any) -> tuple[float, str]:
     if not 0.0 <= max_rate <= 1.0:
         raise ValueError(f"Param anomaly_max_rate must be in [0, 1], got {max_rate}")
     return max_rate, policy
+
+
+def split_table(table: pa.Table, model: AnomalyModel | None) -> tuple[pa.Table, pa.Table]:
+    """(kept rows, anomalous rows) of one clean Arrow table (the caller adds its quarantine columns)."""
+    if model is None or table.num_rows == 0:
+        return table, table.slice(0, 0)
+    flags = pa.array(model.flags(table, "partition"))
+    return table.filter(pc.invert(flags)), table.filter(flags)
 
 
 def judge(ctx: Any, rows: int, anomalies: int) -> dict[str, Any]:

@@ -62,6 +62,10 @@ def test_clean_step_partition_split_routes_anomalies(lake_with_history):
     assert list(kept.columns) == list(df.columns)
     none_kept, none_bad = anomaly.split_partition(df, None)
     assert len(none_kept) == len(df) and len(none_bad) == 0
+    table = events(1000, DS, seed=9, poison=50)  # the Arrow form the clean step works on
+    kept_t, bad_t = anomaly.split_table(table, model)
+    assert kept_t.num_rows + bad_t.num_rows == 1000 and kept_t.schema == table.schema
+    assert sorted(bad_t.column("event_id").to_pylist()) == sorted(bad["event_id"])
 
 
 def test_committed_interval_is_scored_from_the_lake(lake_with_history):
