@@ -231,3 +231,18 @@ def test_rotation_refuses_env_keyring(ctx, monkeypatch):
     monkeypatch.setenv("LEPTONFLOW_KEYRING_JSON", json.dumps(ctx.keys.to_doc()))
     with pytest.raises(crypto.CryptoError, match="LEPTONFLOW_KEYRING_JSON"):
         crypto.rotate_cli(["--keyring", ctx.keyring_path])
+
+
+def test_env_keyring_is_used_by_tasks_and_workers_without_a_file(lf_home, tmp_path, monkeypatch):
+    ring = keyring.generate(tmp_path / "secret.json")  # what a secrets backend would hold
+    monkeypatch.setenv("LEPTONFLOW_KEYRING_JSON", json.dumps(ring.to_doc()))
+    ctx = StepContext(dataset="events", ds=DS)
+    c = ctx.crypto()
+    assert c.key_id == ring.active and c.keyring_path == ""
+    url, entry = _write(ctx, tmp_path)
+    assert entry.key_id == ring.active
+    assert parquet_io.read_table(url, pickle.loads(pickle.dumps(c))).num_rows == 2000
+    assert not Path(ctx.keyring_path).exists()  # no file keyring was invented next to the env one
+    monkeypatch.delenv("LEPTONFLOW_KEYRING_JSON")
+    with pytest.raises(parquet_io.ParquetReadError, match=rf"{url}: cannot decrypt: no keyring at"):
+        parquet_io.read_table(url, c)
