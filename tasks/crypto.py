@@ -19,9 +19,12 @@ External key material
     their integrity is enforced cryptographically (every wrapped key is AES-GCM
     authenticated, with the role and key id as associated data, and a wrong data
     key fails the GCM check of the footer), and ``secure`` records their sha256 in
-    its seal. Rotation rewrites ``FileEntry.key_id`` in the affected manifests and
-    re-signs them (their digest changes, so a downstream step whose cache key
-    includes that digest recomputes once).
+    its seal. Rotation leaves the manifests as they are by default: their digests
+    feed downstream cache keys (split, train), and a key rotation must not make the
+    next run recompute and retrain on identical data. So ``FileEntry.key_id`` is the
+    key that wrapped the file when it was written; the key wrapping it now is in
+    the sidecar (:func:`file_key_ids`), and ``secure`` records it in its seal
+    (``rotate-keys --update-manifests`` rewrites and re-signs the entries instead).
 
 What travels to Dask workers
     :class:`LakeCrypto` is a small frozen dataclass (key id, keyring location, PII
@@ -281,18 +284,23 @@ def rotate_file(url: str, ring: Keyring, new_key_id: str, double_wrapping: bool 
     log.debug("re-wrapped %s under %s (ring %s)", url, new_key_id, fp[:8])
 
 
-def rotate_lake(lake_url: str, ring: Keyring, dataset: str | None = None) -> dict[str, Any]:
+def rotate_lake(
+    lake_url: str, ring: Keyring, dataset: str | None = None, update_manifests: bool = False
+) -> dict[str, Any]:
     """Re-wrap every encrypted file of committed manifests under the ring's active key.
 
     Manifests are signature-checked before anything is touched (a tampered manifest is
-    never re-signed), then their ``key_id`` entries are updated and they are re-signed.
+    never re-signed). With `update_manifests` their ``key_id`` entries are rewritten and
+    re-signed (their digests change: downstream caches miss once); by default they stay
+    byte-identical.
     """
     from tasks import signing
     from tasks.lake import Lake
 
     lake = Lake(lake_url, signer=signing.signer_for(ring), verifier=signing.verifier_for(ring))
     new_id = ring.active
-    summary: dict[str, Any] = {"key_id": new_id, "files": 0, "manifests": 0, "previous_key_ids": []}
+    summary: dict[str, Any] = {"key_id": new_id, "files": 0, "manifests": 0, "manifests_updated": 0,
+                               "previous_key_ids": []}
     previous: set[str] = set()
     if not lake.fs.exists(lake.root):
         raise CryptoError(f"no lake at {lake_url}")
@@ -309,26 +317,35 @@ def rotate_lake(lake_url: str, ring: Keyring, dataset: str | None = None) -> dic
                     if not entry.key_id or not entry.path.endswith(".parquet"):
                         continue
                     url = lake.full_url(lake.abspath(m, entry))
+                    previous |= file_key_ids(url)
                     rotate_file(url, ring, new_id)
-                    previous.add(entry.key_id)
+                    changed = changed or entry.key_id != new_id
                     entry.key_id = new_id
-                    changed = True
                     summary["files"] += 1
-                if changed:
-                    lake.commit(m)  # same version: re-signed in place, nothing discarded
+                if m.files and any(e.key_id for e in m.files):
                     summary["manifests"] += 1
+                if changed and update_manifests:
+                    lake.commit(m)  # same version: re-signed in place, nothing discarded
+                    summary["manifests_updated"] += 1
     summary["previous_key_ids"] = sorted(previous - {new_id})
     return summary
 
 
 def rotate_cli(argv: list[str]) -> int:
-    """``python -m tasks rotate-keys --keyring PATH [--lake URL [--dataset D]] [--rewrap-only]``."""
+    """``python -m tasks rotate-keys --keyring PATH [--lake URL [--dataset D]] [--rewrap-only] [--update-manifests]``.
+
+    Adds a master key and makes it active (new writes use it), then re-wraps the keys of
+    every committed encrypted file of the lake under it, without rewriting data files.
+    Old keys stay in the keyring (revoke them with ``tasks.keyring.revoke`` once rotated).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m tasks rotate-keys", description=rotate_cli.__doc__)
     p.add_argument("--keyring", default=os.environ.get("LEPTONFLOW_KEYRING"), help="keyring file (0600)")
     p.add_argument("--lake", help="lake root URL whose files get re-wrapped under the new key")
     p.add_argument("--dataset", help="only this dataset (default: every dataset of the lake)")
     p.add_argument("--rewrap-only", action="store_true", help="no new key: re-wrap under the current active key")
+    p.add_argument("--update-manifests", action="store_true",
+                   help="also rewrite FileEntry.key_id and re-sign manifests (downstream cache keys change)")
     args = p.parse_args(argv)
     if not args.keyring:
         p.error("--keyring is required (or set LEPTONFLOW_KEYRING)")
@@ -347,6 +364,6 @@ def rotate_cli(argv: list[str]) -> int:
         ring.save()  # before any re-wrap: files must never be wrapped by a key that is not stored
     result: dict[str, Any] = {"keyring": str(path), "previous_active": old, "active": ring.active}
     if args.lake:
-        result.update(rotate_lake(args.lake, ring, args.dataset))
+        result.update(rotate_lake(args.lake, ring, args.dataset, update_manifests=args.update_manifests))
     print(json.dumps(result, indent=1))
     return 0

@@ -205,16 +205,27 @@ def run(ctx: Any) -> dict[str, Any]:
 
 
 def verify_seal(ctx: Any) -> dict[str, Any]:
-    """Check that the interval's seal still matches the manifests it sealed (cheap: no data read)."""
+    """Check that the interval's seal still matches what it sealed: the manifests' digests and
+    the key-material sidecars' sha256 (cheap: no data file is read)."""
     lake: Lake = ctx.lake
     seal = lake.require("secure", ctx.dataset, ctx.ds)
     for stage, info in seal.extra.get("checked", {}).items():
         m = lake.require(stage, ctx.dataset, ctx.ds)
+        where = lake.interval_dir(stage, ctx.dataset, ctx.ds)
         if m.digest() != info["digest"]:
             raise IntegrityError(
-                f"{lake.interval_dir(stage, ctx.dataset, ctx.ds)}: manifest changed after it was sealed "
-                f"(version {m.version}, sealed {info['version']}); re-run secure"
+                f"{where}: manifest changed after it was sealed (version {m.version}, sealed {info['version']}); "
+                "re-run secure"
             )
+        by_path = {e.path: e for e in m.files}
+        for rel, sha in info.get("key_material", {}).items():
+            url = lake.full_url(lake.abspath(m, by_path[rel]))
+            actual = hashlib.sha256(lfcrypto.read_key_material(url)).hexdigest()
+            if actual != sha:
+                raise IntegrityError(
+                    f"{lfcrypto.key_material_url(url)}: key material changed after it was sealed "
+                    "(re-wrapped by a rotation, or tampered); re-run secure"
+                )
     return {"sealed": sorted(seal.extra.get("checked", {})), "seal_version": seal.version}
 
 

@@ -171,19 +171,21 @@ def _clean_files(ctx):
     return m, [Path(ctx.lake.abspath(m, e)) for e in m.files]
 
 
-def test_rotation_rewraps_without_rewriting_data(ctx, tmp_path, capsys):
+@pytest.mark.parametrize("update_manifests", [False, True], ids=["manifests-kept", "manifests-updated"])
+def test_rotation_rewraps_without_rewriting_data(ctx, tmp_path, capsys, update_manifests):
     commit_table(ctx, "clean", {"": events(3000, DS), "b": events(1000, DS, seed=1)}, ctx.crypto())
     old_id = ctx.keys.active
     m0, paths = _clean_files(ctx)
     before = {p: p.read_bytes() for p in paths}
     sides_before = {p: Path(crypto.key_material_url(str(p))).read_bytes() for p in paths}
 
-    assert crypto.rotate_cli(["--keyring", ctx.keyring_path, "--lake", ctx.lake_url, "--dataset", "events"]) == 0
+    argv = ["--keyring", ctx.keyring_path, "--lake", ctx.lake_url, "--dataset", "events"]
+    assert crypto.rotate_cli(argv + (["--update-manifests"] if update_manifests else [])) == 0
     out = json.loads(capsys.readouterr().out)
     fresh = StepContext(dataset="events", ds=DS)  # a new task sees the rotated keyring
     new_id = fresh.keys.active
     assert new_id != old_id and out["active"] == new_id and out["files"] == 2 and out["manifests"] == 1
-    assert out["previous_key_ids"] == [old_id]
+    assert out["previous_key_ids"] == [old_id] and out["manifests_updated"] == int(update_manifests)
 
     m1, paths1 = _clean_files(fresh)  # signature verified with the (unchanged) signing key
     assert paths1 == paths and m1.version == m0.version
@@ -192,7 +194,10 @@ def test_rotation_rewraps_without_rewriting_data(ctx, tmp_path, capsys):
         assert parquet_io.sha256_of(str(p)) == next(e.sha256 for e in m1.files if p.name in e.path)
         assert Path(crypto.key_material_url(str(p))).read_bytes() != sides_before[p]
         assert crypto.file_key_ids(str(p)) == {new_id}
-    assert {e.key_id for e in m1.files} == {new_id}
+    if update_manifests:
+        assert {e.key_id for e in m1.files} == {new_id} and m1.digest() != m0.digest()
+    else:  # downstream cache keys (manifest digests) are unchanged: no recompute after a rotation
+        assert {e.key_id for e in m1.files} == {old_id} and m1.digest() == m0.digest()
 
     # the old key can now be revoked and everything still reads
     ring = keyring.load(fresh.keyring_path)

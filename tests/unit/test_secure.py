@@ -100,12 +100,14 @@ def test_swapped_key_material_is_caught(ctx, monkeypatch, in_memory_max):
         secure.run(ctx)
 
 
-def test_seal_detects_manifest_changes_after_sealing(ctx):
+@pytest.mark.parametrize("update_manifests", [False, True], ids=["manifests-kept", "manifests-updated"])
+def test_seal_detects_changes_after_sealing(ctx, update_manifests):
     secured_interval(ctx)
     secure.run(ctx)
-    crypto.rotate_lake(ctx.lake_url, _rotated(ctx), "events")
+    crypto.rotate_lake(ctx.lake_url, _rotated(ctx), "events", update_manifests=update_manifests)
     fresh = StepContext(dataset="events", ds=DS)
-    with pytest.raises(secure.IntegrityError, match="changed after it was sealed"):
+    what = "manifest changed after it was sealed" if update_manifests else "key material changed after it was sealed"
+    with pytest.raises(secure.IntegrityError, match=what):
         secure.verify_seal(fresh)
     out = secure.run(fresh)  # re-sealing after rotation verifies the re-wrapped files
     assert out["key_ids"] == [fresh.keys.active] and secure.verify_seal(fresh)
