@@ -272,7 +272,6 @@ def for_context(ctx: Any) -> LakeCrypto:
 # ---- rotation -----------------------------------------------------------------------
 def rotate_file(url: str, ring: Keyring, new_key_id: str, double_wrapping: bool = True) -> None:
     """Re-wrap one file's keys under `new_key_id` (sidecar only; the data file is untouched)."""
-    fp = hashlib.sha256(json.dumps(ring.to_doc(), sort_keys=True).encode()).hexdigest()
     fac = pe.CryptoFactory(lambda _cfg: RingKms(ring, new_key_id))  # fresh: no cached KEKs
     fs, path = arrow_fs(url)
     try:
@@ -281,7 +280,7 @@ def rotate_file(url: str, ring: Keyring, new_key_id: str, double_wrapping: bool 
         raise CryptoError(f"{url}: cannot re-wrap keys: {exc}") from exc
     except OSError as exc:
         raise CryptoError(f"{url}: cannot re-wrap keys: {exc}") from exc
-    log.debug("re-wrapped %s under %s (ring %s)", url, new_key_id, fp[:8])
+    log.debug("re-wrapped %s under %s", url, new_key_id)
 
 
 def rotate_lake(

@@ -217,6 +217,13 @@ def test_rotation_without_rewrap_keeps_old_files_readable(ctx, tmp_path):
     assert parquet_io.read_table(url, fresh.crypto()).num_rows == 2000  # old key still in the ring
     _, new_entry = _write(fresh, tmp_path, name="new.parquet")
     assert new_entry.key_id == fresh.keys.active
+    # later (or after an interrupted rotation) re-wrap committed files under the active key, no new key
+    commit_table(fresh, "clean", {"": events(100, DS)}, ctx.crypto())  # a file still under the old key
+    m, paths = _clean_files(fresh)
+    assert crypto.file_key_ids(str(paths[0])) == {entry.key_id}
+    assert crypto.rotate_cli(["--keyring", ctx.keyring_path, "--rewrap-only", "--lake", ctx.lake_url]) == 0
+    assert crypto.file_key_ids(str(paths[0])) == {fresh.keys.active}
+    assert keyring.load(ctx.keyring_path).master_keys.keys() == fresh.keys.master_keys.keys()
 
 
 def test_rotation_refuses_a_tampered_manifest(ctx):
