@@ -95,6 +95,8 @@ def metric_name(task: str) -> str:
 
 def compute_metric(task: str, y: Any, logits: Any, split: str = "val") -> float:
     y, logits = np.asarray(y, dtype=np.float64).reshape(-1), np.asarray(logits, dtype=np.float64).reshape(-1)
+    if np.isnan(y).any():
+        raise ValueError(f"{split} split: {int(np.isnan(y).sum())} rows have no label value (missing label column?)")
     if task == "classification":
         from sklearn.metrics import roc_auc_score
 

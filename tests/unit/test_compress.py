@@ -161,6 +161,8 @@ def test_single_class_val_is_a_clear_error(trained):
     one_class = compress.TabularData(val.x_num, val.x_cat, torch.zeros(len(val)))
     with pytest.raises(ValueError, match="val split has a single label class"):
         compress.search(model, train, one_class, "classification", repeats=1)
+    with pytest.raises(ValueError, match="val split: 2 rows have no label value"):
+        compress.compute_metric("classification", np.array([0.0, np.nan, 1.0, np.nan]), np.zeros(4))
     with pytest.raises(ValueError, match="row count"):
         compress.TabularData(val.x_num[:3], val.x_cat, val.y)
 
