@@ -95,15 +95,17 @@ class Keyring:
         path = Path(path or self.path)
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        if tmp.exists():  # a leftover of a crashed save may carry looser permissions
-            tmp.unlink()
+        # a fresh, exclusive temp file: created 0600 from the start, never one left by someone else
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_doc(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.to_doc(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         os.chmod(path, 0o600)
 
 
