@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 CODE_MODULES = ("train", "model", "stream", "checkpoint", "features", "evaluate")
 DEFAULTS: dict[str, Any] = {
     "epochs": 5,
-    "batch_size": 512,  # global batch: split evenly over the ranks
+    "batch_size": 512,  # the GLOBAL batch, split evenly over the ranks: results do not depend on nproc
     "lr": 2e-3,
     "hidden": "64,32",
     "dropout": 0.1,
@@ -69,7 +69,7 @@ class TrainError(RuntimeError):
 
 # ============================================================================ the step (parent)
 def hparams_from(ctx: Any) -> dict[str, Any]:
-    hp = {k: ctx.param(k, v) for k, v in DEFAULTS.items()}
+    hp = {k: v if ctx.param(k) is None else ctx.param(k) for k, v in DEFAULTS.items()}  # a None Param = default
     for k in ("epochs", "batch_size", "patience", "seed", "checkpoint_every", "train_workers", "shuffle_rows",
               "log_every"):
         try:
