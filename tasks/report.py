@@ -51,9 +51,11 @@ def _published(ctx: StepContext) -> dict[str, Any]:
     if not fs.exists(pointer):
         return {}
     try:
-        return json.loads(fs.cat_file(pointer))
+        doc = json.loads(fs.cat_file(pointer))
     except ValueError:
         return {}
+    doc["artifact_url"] = f"{ctx.artifacts_url.rstrip('/')}/models/{ctx.dataset}/{doc.get('version')}"
+    return doc
 
 
 def collect(dataset: str, ds: str, **overrides: Any) -> dict[str, Any]:
@@ -159,7 +161,9 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
         )
     pub = d.get("published") or {}
     if pub:
-        lines.append(f"published: {pub.get('artifact_url') or pub.get('url')} (version {pub.get('version')})")
+        sha = pub.get("manifest_sha256", "")[:16]
+        lines.append(f"published: {pub['artifact_url']} (signed manifest, sha256 {sha}…)")
+        lines.append(f"    verify with: python -m tasks verify-artifact {pub['artifact_url']}")
     lines.append(f"artifacts: {d['artifacts']}")
     return lines
 
