@@ -32,9 +32,11 @@ SPEC = spec_for("events")
 DS = "2026-11-01"
 ROWS = 300_000
 WORKER_LIMIT = 700 * 2**20
-# spill managed memory above 3% of the limit (~21 MB): several times less than the ~45 MB of rows cleaned
-SPILL_ENV = {"DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "0.03", "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "0.9",
-             "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.95", "DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE": "False"}
+# spill managed memory above 1% of the limit (~7 MB per worker): several times less than the ~45 MB shuffled
+SPILL_FRACTION = 0.01
+SPILL_ENV = {"DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": str(SPILL_FRACTION),
+             "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "0.9", "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.95",
+             "DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE": "False"}
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -78,7 +80,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lake")
-    datagen.generate(str(root), SPEC, DS, 1, ROWS, seed=17, files_per_day=6)
+    datagen.generate(str(root), SPEC, DS, 1, ROWS, seed=17, files_per_day=12)  # 12 map tasks: time to kill one
     return root
 
 
@@ -129,7 +131,7 @@ def test_worker_killed_mid_clean_gives_identical_output_with_bounded_memory(clus
     # memory: the managed-memory budget was far below the data, so workers spilled instead of growing
     assert r["spilled_bytes"] > 0
     assert 0 < r["peak_memory_per_worker"] < WORKER_LIMIT
-    assert r["bytes_shuffled"] > 2 * WORKER_LIMIT * 0.03
+    assert r["bytes_shuffled"] > 2 * (2 * WORKER_LIMIT * SPILL_FRACTION)  # > twice both workers' budgets
 
 
 def test_cache_hit_and_atomic_rerun_on_the_cluster(cluster, lake, monkeypatch):
