@@ -24,11 +24,13 @@ import json
 import logging
 from typing import Any
 
+import numpy as np
+
 from tasks.cluster import client_for
 from tasks.context import StepContext
-from tasks.lake import Manifest, code_version
+from tasks.lake import Manifest, code_version, fingerprint
 from tasks.validation import datadocs, engine, suites
-from tasks.validation.partials import exp_columns, quarantine_chunk
+from tasks.validation.partials import HIST_BINS, exp_columns, quarantine_chunk
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +157,22 @@ def _finish(
     policy: str,
     fingerprint: str,
     extra: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    suite_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     summary = _summary(ctx, kind, outcome, policy)
     summary.update(extra or {})
     summary["data_docs"] = datadocs.publish(
-        ctx.lake, ctx.dataset, ctx.ds, kind, outcome.result, summary, fingerprint, {"validation_policy": policy}
+        ctx.lake,
+        ctx.dataset,
+        ctx.ds,
+        kind,
+        outcome.result,
+        summary,
+        fingerprint,
+        {"validation_policy": policy},
+        extra_files=extra_files,
+        suite_extra=suite_extra,
     )
     return _apply_policy(summary)
 
@@ -196,7 +209,8 @@ def _cached(ctx: StepContext, kind: str, fingerprint: str, policy: str) -> dict[
     if not all(ctx.lake.fs.exists(ctx.lake.abspath(m, f)) for f in m.files if f.path.startswith(f"{kind}/")):
         return None
     log.info("validation %s of %s ds=%s: cache hit (same input, suite, code and policy)", kind, ctx.dataset, ctx.ds)
-    return _apply_policy({**prev, "cache_hit": True})
+    hidden = ("input_fingerprint", "profile_of", "profile_key")
+    return _apply_policy({**{k: v for k, v in prev.items() if k not in hidden}, "cache_hit": True})
 
 
 def run_raw(ctx: StepContext) -> dict[str, Any]:
@@ -244,6 +258,37 @@ def _urls(ctx: StepContext, m: Manifest, group: str | None = None) -> list[str]:
     return [ctx.lake.full_url(ctx.lake.abspath(m, f)) for f in m.group_files(group)]
 
 
+PROFILE_FILE = "profile.json"
+
+
+def _profile_key(suite: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> str:
+    drift_rules = [e for e in suite["expectations"] if e["type"] in engine.lfx.DRIFT_TYPES]
+    return fingerprint(drift_rules, bounds, HIST_BINS)
+
+
+def _stored_profile(ctx: StepContext, previous: Manifest, key: str) -> dict[str, Any] | None:
+    """The drift profile committed when `previous` was validated, if it was made the same way."""
+    vm = ctx.lake.manifest(datadocs.STAGE, ctx.dataset, previous.ds)
+    info = vm.extra.get("suites", {}).get("clean", {}) if vm is not None else {}
+    if info.get("profile_of") != previous.digest() or info.get("profile_key") != key:
+        return None
+    entry = next((f for f in vm.files if f.path == f"clean/{PROFILE_FILE}"), None)
+    if entry is None or not ctx.lake.fs.exists(ctx.lake.abspath(vm, entry)):
+        return None
+    data = ctx.lake.fs.cat_file(ctx.lake.abspath(vm, entry))
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        log.warning("stored drift profile of ds=%s does not match its manifest checksum: recomputing", previous.ds)
+        return None
+    prof = json.loads(data)
+    prof["hist"] = {c: np.asarray(h, dtype=np.int64) for c, h in prof["hist"].items()}
+    log.info("drift baseline: stored profile of %s ds=%s (no re-read of its files)", ctx.dataset, previous.ds)
+    return prof
+
+
+def _profile_bytes(profile: dict[str, Any]) -> bytes:
+    return json.dumps({**profile, "hist": {c: h.tolist() for c, h in profile["hist"].items()}}, default=str).encode()
+
+
 def run_clean(ctx: StepContext) -> dict[str, Any]:
     """Validate the committed clean output (every row), split accounting, and drift vs the previous interval."""
     policy = _policy(ctx)
@@ -265,6 +310,9 @@ def run_clean(ctx: StepContext) -> dict[str, Any]:
             "urls": {g: _urls(ctx, split, g) for g in groups},
             "group_column": ctx.spec.group_column,
         }
+    bounds = _bounds(ctx)
+    pkey = _profile_key(suite, bounds)
+    stored = _stored_profile(ctx, previous, pkey) if previous is not None else None
     crypto = ctx.crypto()
     with client_for(ctx.cluster, ctx.plan("clean")) as client:
         outcome = engine.validate(
@@ -273,15 +321,26 @@ def run_clean(ctx: StepContext) -> dict[str, Any]:
             _urls(ctx, clean),
             crypto,
             _suite_params(ctx),
-            numeric_bounds=_bounds(ctx),
+            numeric_bounds=bounds,
             previous_urls=_urls(ctx, previous) if previous is not None else None,
+            previous_profile=stored,
             split=split_info,
             meta={"dataset": ctx.dataset, "ds": ctx.ds, "run_id": ctx.run_id, "clean_version": clean.version},
         )
     drift = dict(outcome.drift)
     drift["previous_ds"] = previous.ds if previous is not None else None
+    drift["baseline"] = "stored profile" if stored is not None else ("recomputed" if previous is not None else None)
     drift["failing"] = [f["column"] for f in _failing(outcome) if f["expectation"] in engine.lfx.DRIFT_TYPES]
-    return _finish(ctx, "clean", outcome, policy, fp, {"drift": drift})
+    return _finish(
+        ctx,
+        "clean",
+        outcome,
+        policy,
+        fp,
+        {"drift": drift},
+        extra_files={PROFILE_FILE: _profile_bytes(outcome.merged["profile"])},
+        suite_extra={"profile_of": clean.digest(), "profile_key": pkey},
+    )
 
 
 def read_quarantine(ctx: StepContext) -> list[str]:

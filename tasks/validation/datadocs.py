@@ -95,8 +95,14 @@ def publish(
     summary: dict[str, Any],
     fingerprint: str,
     params: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+    suite_extra: dict[str, Any] | None = None,
 ) -> str:
-    """Write and commit the Data Docs of one run; returns the URL of its index.html."""
+    """Write and commit the Data Docs of one run; returns the URL of its index.html.
+
+    `extra_files` (e.g. the drift profile the next interval compares against) are committed
+    beside the pages; `suite_extra` is recorded with this suite's entry in the manifest.
+    """
     idir = lake.interval_dir(STAGE, dataset, ds)
     pages = {
         "index.html": render_html(result, f"{dataset} {kind} validation ds={ds}", summary).encode(),
@@ -105,6 +111,7 @@ def publish(
     gx_page = render_gx_html(result)
     if gx_page is not None:
         pages["gx.html"] = gx_page.encode()
+    pages.update(extra_files or {})
     entries = []
     lake.fs.makedirs(f"{idir}/{kind}", exist_ok=True)
     for name, data in pages.items():
@@ -115,7 +122,7 @@ def publish(
     prev = lake.manifest(STAGE, dataset, ds)
     keep = [f for f in (prev.files if prev else []) if not f.path.startswith(f"{kind}/")]
     suites = dict(prev.extra.get("suites", {})) if prev else {}
-    suites[kind] = {**summary, "input_fingerprint": fingerprint}
+    suites[kind] = {**summary, **(suite_extra or {}), "input_fingerprint": fingerprint}
     # Pages live in fixed <kind>/ folders (the Data Docs link must be stable), so the version
     # is only an id here: there is no v=<version>/ folder for commit() to discard.
     version = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]

@@ -31,7 +31,7 @@ from tasks.validation.partials import ROW_LEVEL, UNIQUE, Chunk, Profile
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 512 * 1024  # rows per map task: a few row groups, bounded worker memory
+CHUNK_ROWS = 256 * 1024  # rows per map task: a few row groups, bounded worker memory
 BUCKET_ROWS = 8_000_000  # at most this many keys per uniqueness reduce task (on average)
 TABLE_LEVEL = {
     "expect_table_row_count_to_be_between",
@@ -65,6 +65,7 @@ class Outcome:
     chunks: list[Chunk]
     files: list[FileFacts]
     drift: dict[str, Any] = field(default_factory=dict)
+    previous_profile: dict[str, Any] | None = None
 
 
 def resolve(suite: dict[str, Any], suite_params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -198,33 +199,34 @@ def _profile_for(exps: list[dict[str, Any]], numeric_bounds: dict[str, tuple[flo
     return prof
 
 
-def profile_files(client: Client, urls: list[str], crypto: Any, prof: Profile) -> dict[str, Any]:
-    """Drift profile of other files (the previous interval), read only for the profiled columns."""
+def _submit_profile(client: Client, urls: list[str], crypto: Any, prof: Profile) -> list[Any]:
+    """Map tasks profiling other files (the previous interval), reading only the profiled columns."""
     chunks, _ = plan(urls, crypto)
     futs = client.map(
         partials.evaluate_chunk, chunks, crypto=crypto, exps=[], profile=prof, key_columns=[], n_buckets=1, pure=False
     )
-    parts = client.gather(client.map(partials.first, futs, pure=False))
-    return partials.merge_profiles([p["profile"] for p in parts])
+    return client.map(partials.first, futs, pure=False)
 
 
-def split_disjointness(client: Client, urls_by_split: dict[str, list[str]], crypto: Any, column: str) -> dict[str, Any]:
-    """Values of `column` that occur in more than one split, counted exactly via hash buckets."""
+def _submit_split_disjointness(client: Client, urls_by_split: dict[str, list[str]], crypto: Any, column: str) -> list:
+    """Reduce tasks counting values of `column` that occur in more than one split (exact, via hash buckets)."""
     chunks_by: list[tuple[Chunk, str]] = []
     for split, urls in urls_by_split.items():
         chunks, _ = plan(urls, crypto)
         chunks_by += [(c, split) for c in chunks]
-    rows = sum(c.rows for c, _ in chunks_by)
-    b = _n_buckets(client, rows)
+    b = _n_buckets(client, sum(c.rows for c, _ in chunks_by))
     futs = [client.submit(partials.split_groups_chunk, c, crypto, column, s, b, pure=False) for c, s in chunks_by]
-    reds = [
+    return [
         client.submit(
             partials.count_shared_groups, *[client.submit(partials.pick, f, j, pure=False) for f in futs], pure=False
         )
         for j in range(b)
     ]
-    out = {"groups": 0, "shared": 0, "examples": []}
-    for r in client.gather(reds):
+
+
+def _merge_shared(reds: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"groups": 0, "shared": 0, "examples": []}
+    for r in reds:
         out["groups"] += r["groups"]
         out["shared"] += r["shared"]
         out["examples"] += r["examples"][: partials.MAX_EXAMPLES - len(out["examples"])]
@@ -240,13 +242,16 @@ def validate(
     *,
     numeric_bounds: dict[str, tuple[float, float]] | None = None,
     previous_urls: list[str] | None = None,
+    previous_profile: dict[str, Any] | None = None,
     split: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Outcome:
     """Validate every row of `urls` against `suite` on the cluster behind `client`.
 
-    `previous_urls`: files of the previous interval (drift); None = no previous interval.
+    Drift baseline: `previous_profile` (a stored merged profile) or else `previous_urls` (the previous
+    interval's files, profiled here); neither = no previous interval.
     `split`: {"rows": {group: n}, "clean_rows": n, "urls": {group: [url]}, "group_column": c} for split checks.
+    All work is submitted before anything is gathered, so the cluster never idles between phases.
     """
     exps = resolve(suite, suite_params)
     chunks, files = plan(urls, crypto)
@@ -285,13 +290,19 @@ def validate(
             )
             for j in range(b)
         ]
-    previous = profile_files(client, previous_urls, crypto, prof) if previous_urls else None
+    prev_f = _submit_profile(client, previous_urls, crypto, prof) if previous_urls and previous_profile is None else []
+    split_info = dict(split or {})
+    shared_f = []
+    if split_info.get("urls") and any(e["type"] == "expect_split_groups_to_be_disjoint" for e in exps):
+        shared_f = _submit_split_disjointness(client, split_info["urls"], crypto, split_info["group_column"])
     merged = partials.merge_partials(client.gather(part_f))
     dups = client.gather(dup_f)
     del futs
-    split_info = dict(split or {})
-    if split_info.get("urls") and any(e["type"] == "expect_split_groups_to_be_disjoint" for e in exps):
-        split_info["disjoint"] = split_disjointness(client, split_info["urls"], crypto, split_info["group_column"])
+    previous = previous_profile
+    if prev_f:
+        previous = partials.merge_profiles([p["profile"] for p in client.gather(prev_f)])
+    if shared_f:
+        split_info["disjoint"] = _merge_shared(client.gather(shared_f))
 
     results: list[ExpectationValidationResult] = []
     successes: list[bool] = []
@@ -376,7 +387,7 @@ def validate(
         statistics=stats,
         meta=gx_meta,
     )
-    return Outcome(result, exps, successes, merged, chunks, files, drift_summary)
+    return Outcome(result, exps, successes, merged, chunks, files, drift_summary, previous)
 
 
 def failing_row_level(outcome: Outcome) -> list[dict[str, Any]]:

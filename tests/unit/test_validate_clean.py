@@ -147,3 +147,19 @@ def test_validation_manifest_keeps_both_suites(tmp_path, addr):
     paths = {f.path for f in m.files}
     assert {"raw/index.html", "clean/index.html", "raw/result.json", "clean/result.json"} <= paths
     assert set(m.extra["suites"]) == {"raw", "clean"}
+
+
+def test_drift_baseline_stored_profile_equals_recomputed(tmp_path, addr):
+    import shutil
+
+    ctx1 = context(tmp_path, D1, addr)
+    _commit_clean(ctx1, D1, seed=1)
+    assert run_clean(ctx1)["drift"]["baseline"] is None  # first interval: nothing to compare with
+    ctx2 = context(tmp_path, D2, addr, validation_policy="warn")
+    _commit_clean(ctx2, D2, seed=2, price_mu=4.0, device_p=(0.3, 0.6, 0.1))
+    stored = run_clean(ctx2)
+    assert stored["drift"]["baseline"] == "stored profile"
+    shutil.rmtree(tmp_path / "lake" / "validation" / "events")  # no stored profile: re-read D1's files
+    again = run_clean(ctx2)
+    assert again["drift"]["baseline"] == "recomputed"
+    assert again["drift"]["columns"] == stored["drift"]["columns"] and stored["drift"]["failing"]

@@ -1,0 +1,249 @@
+"""Validation overhead: validate_raw + validate_clean vs clean + split on the same interval.
+
+Same data (tasks.datagen), same Dask cluster (one LocalCluster: 2 worker processes x 1
+thread, reached through the ``address`` backend so no step pays cluster start-up), clean
+and split files PME-encrypted (tasks.crypto) as in production. Per size and repeat, the
+steps run in DAG order on interval D2 (D1 is committed first, so validate_clean computes
+drift against it and the split checks run). The machine is shared and contention only
+adds time, so the headline uses the best (minimum) of the repeats; all runs are in the
+JSON. Target: overhead = (validate_raw + validate_clean) / (clean + split) <= 20%.
+
+Memory: worker RSS is sampled every 0.1 s per phase; two data sizes show whether the
+validation peak per worker grows with the data (it should not: chunks are bounded).
+
+Peer: GX's own pandas engine (single process, whole interval loaded into one DataFrame)
+on the standard row-level expectations of the raw suite, for scale.
+
+    PYTHONPATH=. .venv/bin/python bench/validate.py [--rows 300000,900000] [--repeats 2] [--no-encrypt]
+
+Writes bench/results/validate.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tasks import clean, datagen, split  # noqa: E402
+from tasks.context import StepContext  # noqa: E402
+from tasks.validate import run_clean, run_raw  # noqa: E402
+from tasks.validation.suites import load_suite  # noqa: E402
+
+log = logging.getLogger("bench.validate")
+RESULTS = REPO / "bench" / "results" / "validate.json"
+D1, D2 = "2026-11-01", "2026-11-02"
+
+
+class RssSampler:
+    """Peak RSS of this process's children (the Dask worker processes), sampled in a thread."""
+
+    def __init__(self) -> None:
+        self.peak_sum = self.peak_one = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            rss = []
+            for p in me.children(recursive=True):
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            if rss:
+                self.peak_sum = max(self.peak_sum, sum(rss))
+                self.peak_one = max(self.peak_one, max(rss))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def timed(fn, ctx: StepContext) -> tuple[float, dict[str, Any], int]:
+    with RssSampler() as s:
+        t0 = time.perf_counter()
+        out = fn(ctx)
+        wall = time.perf_counter() - t0
+    return wall, out, s.peak_one
+
+
+def gx_pandas_peer(raw_files: list[str]) -> dict[str, Any]:
+    import great_expectations as gx
+    import pandas as pd
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    doc = load_suite("events", "raw")
+    exps = [
+        e
+        for e in doc["expectations"]
+        if e["type"] in ("expect_column_values_to_not_be_null", "expect_column_values_to_be_between")
+    ]
+    rss0 = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    df = pd.concat([pd.read_parquet(f) for f in raw_files], ignore_index=True)
+    batch = (
+        gx.get_context(mode="ephemeral")
+        .data_sources.add_pandas("p")
+        .add_dataframe_asset("a")
+        .add_batch_definition_whole_dataframe("b")
+        .get_batch(batch_parameters={"dataframe": df})
+    )
+    res = batch.validate(
+        gx.ExpectationSuite(name="peer", expectations=exps),
+        result_format="SUMMARY",
+        expectation_parameters={"interval_start": f"{D2}T00:00:00+00:00", "interval_end": "2026-11-03T00:00:00+00:00"},
+    )
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": round(wall, 3),
+        "expectations": len(res.results),
+        "rss_growth_bytes": psutil.Process().memory_info().rss - rss0,
+        "unexpected_total": sum(r.result.get("unexpected_count") or 0 for r in res.results),
+    }
+
+
+def run_size(rows: int, repeats: int, encrypt: bool, workdir: Path, address: str) -> dict[str, Any]:
+    lake = workdir / f"lake-{rows}"
+    gen = datagen.generate(str(lake), start_ds=D1, days=2, rows_per_day=rows, seed=11)
+
+    def mk(ds: str, **p: Any) -> StepContext:
+        return StepContext(
+            dataset="events",
+            ds=ds,
+            lake_url=str(lake),
+            keyring_path=str(workdir / "keys.json"),
+            history_url=f"sqlite:///{workdir}/h.db",
+            cluster={"backend": "address", "address": address},
+            params={"encrypt": encrypt, "validation_policy": "warn", **p},
+        )
+
+    clean.run(mk(D1))
+    split.run(mk(D1))
+    runs = []
+    for r in range(repeats):
+        for stage in ("clean", "quarantine", "split", "validation"):
+            shutil.rmtree(lake / stage / "events" / f"ds={D2}", ignore_errors=True)
+        ctx = mk(D2, bench_repeat=r)  # a new param: clean/split cache keys change, so they do the work
+        vr, vr_out, vr_mem = timed(run_raw, ctx)
+        cl, cl_out, cl_mem = timed(clean.run, ctx)
+        sp, sp_out, sp_mem = timed(split.run, ctx)
+        vc, vc_out, vc_mem = timed(run_clean, ctx)
+        assert vr_out["rows_validated"] == rows and vc_out["rows_validated"] == cl_out["rows_clean"]
+        runs.append(
+            {
+                "validate_raw_s": vr,
+                "clean_s": cl,
+                "split_s": sp,
+                "validate_clean_s": vc,
+                "overhead": (vr + vc) / (cl + sp),
+                "peak_worker_rss": {"validate_raw": vr_mem, "clean": cl_mem, "split": sp_mem, "validate_clean": vc_mem},
+                "validate_clean_failing": [f["expectation"] + ":" + str(f["column"]) for f in vc_out["failing"]],
+            }
+        )
+        log.info("rows=%d repeat %d: %s", rows, r, runs[-1])
+    best = {k: min(x[k] for x in runs) for k in ("validate_raw_s", "clean_s", "split_s", "validate_clean_s")}
+    raw_files = [str(p) for p in sorted((lake / "raw" / "events" / f"ds={D2}").glob("*.parquet"))]
+    return {
+        "rows_per_interval": rows,
+        "raw_bytes": gen["intervals"][D2]["bytes"],
+        "best": {k: round(v, 3) for k, v in best.items()},
+        "overhead_best": round(
+            (best["validate_raw_s"] + best["validate_clean_s"]) / (best["clean_s"] + best["split_s"]), 4
+        ),
+        "overhead_median": round(sorted(x["overhead"] for x in runs)[len(runs) // 2], 4),
+        "peak_worker_rss_max": {k: max(x["peak_worker_rss"][k] for x in runs) for k in runs[0]["peak_worker_rss"]},
+        "runs": runs,
+        "gx_pandas_peer": gx_pandas_peer(raw_files),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "great_expectations", "tasks"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", default="300000,900000", help="rows per interval, comma-separated sizes")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-encrypt", action="store_true")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    import dask
+    from distributed import LocalCluster
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-validate-"))
+    os.environ.setdefault("LEPTONFLOW_HOME", str(workdir))
+    sizes = []
+    try:
+        with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+            cluster = LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                memory_limit="4GiB",
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=":0",
+                local_directory=str(workdir),
+            )
+        try:
+            for rows in [int(x) for x in args.rows.split(",")]:
+                sizes.append(run_size(rows, args.repeats, not args.no_encrypt, workdir, cluster.scheduler_address))
+        finally:
+            cluster.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    worst = max(s["overhead_best"] for s in sizes)
+    v_mem = [s["peak_worker_rss_max"]["validate_clean"] for s in sizes]
+    out = {
+        "bench": "validate",
+        "command": "PYTHONPATH=. .venv/bin/python bench/validate.py " + " ".join(argv or sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared": True},
+        "cluster": "LocalCluster 2 workers x 1 thread, 4 GiB each, address backend",
+        "encrypted": not args.no_encrypt,
+        "sizes": sizes,
+        "target_overhead": 0.20,
+        "overhead_worst_size": worst,
+        "target_met": worst <= 0.20,
+        "validate_clean_peak_worker_rss_growth": round(v_mem[-1] / v_mem[0], 3) if len(v_mem) > 1 else None,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    hdr = (
+        f"{'rows':>9} {'val_raw s':>9} {'clean s':>8} {'split s':>8} {'val_clean s':>11} {'overhead':>9} "
+        f"{'peak val MB':>11} {'peak clean MB':>13} {'GX pandas s':>11}"
+    )
+    lines = [hdr]
+    for s in sizes:
+        b = s["best"]
+        lines.append(
+            f"{s['rows_per_interval']:>9} {b['validate_raw_s']:>9.2f} {b['clean_s']:>8.2f} {b['split_s']:>8.2f} "
+            f"{b['validate_clean_s']:>11.2f} {s['overhead_best']:>8.1%} "
+            f"{s['peak_worker_rss_max']['validate_clean'] / 2**20:>11.0f} "
+            f"{s['peak_worker_rss_max']['clean'] / 2**20:>13.0f} {s['gx_pandas_peer']['wall_s']:>11.2f}"
+        )
+    print("\n".join(lines))
+    print(f"target overhead <= 20%: {'met' if out['target_met'] else 'NOT met'} (worst {worst:.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
