@@ -135,7 +135,7 @@ def test_verify_and_load_state_dict(tmp_path):
             return (print, ("pwned",))
 
     bad = tmp_path / "evil.pt"
-    bad.write_bytes(pickle.dumps({"w": Evil()}))
+    bad.write_bytes(pickle.dumps({"w": Evil()}, protocol=2))
     with pytest.raises(secure.IntegrityError, match=rf"{bad}: not a plain state dict"):
         secure.verify_and_load_state_dict(str(bad), hashlib.sha256(bad.read_bytes()).hexdigest())
     with pytest.raises(secure.IntegrityError, match="missing"):
