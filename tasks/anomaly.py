@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from sklearn.ensemble import IsolationForest
 
 from tasks import parquet_io
+from tasks.keyring import KeyError_
 from tasks.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ DEFAULTS = {
     "anomaly_row_groups_per_interval": 8,
     "anomaly_min_history_rows": 500,
     "anomaly_policy": "fail",
+    "anomaly_sample_rows": 200_000,
+    "anomaly_sample_row_groups": 32,
 }
 
 
@@ -137,9 +140,43 @@ def _seed(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:4], "little")
 
 
+def sample_manifest(lake: Any, m: Any, crypto: Any, columns: list[str], rows: int, max_row_groups: int,
+                    rng: np.random.Generator) -> list[pa.Table]:
+    """About `rows` random rows of a committed manifest's files, read from at most `max_row_groups`
+    random row groups (only `columns`; decrypted as any lake read, AES-GCM authenticating pages)."""
+    groups: list[tuple[str, int]] = []
+    handles = {}
+    for entry in m.files:
+        url = lake.full_url(lake.abspath(m, entry))
+        pf = parquet_io.open_parquet(url, crypto if entry.key_id else None)
+        handles[url] = pf
+        groups += [(url, i) for i in range(pf.num_row_groups)]
+    if not groups:
+        return []
+    chosen = rng.choice(len(groups), size=min(max_row_groups, len(groups)), replace=False)
+    k = max(1, rows // len(chosen))
+    parts = []
+    for gi in sorted(chosen):
+        url, i = groups[gi]
+        try:
+            rg = handles[url].read_row_group(int(i), columns=columns)
+        except KeyError_ as exc:
+            raise parquet_io.ParquetReadError(f"{url}: row group {i}: cannot decrypt: {exc}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise parquet_io.ParquetReadError(f"{url}: row group {i}: {exc}") from exc
+        if rg.num_rows > k:
+            rg = rg.take(pa.array(np.sort(rng.choice(rg.num_rows, size=k, replace=False))))
+        parts.append(rg)
+    return parts
+
+
+def _feature_source_columns(spec: DatasetSpec) -> list[str]:
+    numeric, categorical = feature_columns(spec)
+    return [*numeric, *categorical, spec.time_column]
+
+
 def history_sample(ctx: Any) -> tuple[pd.DataFrame, list[str]]:
-    """A bounded random sample of the committed clean rows of earlier intervals (newest first)."""
-    spec: DatasetSpec = ctx.spec
+    """A bounded random sample of the committed clean rows of earlier intervals."""
     lake = ctx.lake
     n_int = int(ctx.param("anomaly_history_intervals", DEFAULTS["anomaly_history_intervals"]))
     budget = int(ctx.param("anomaly_history_rows", DEFAULTS["anomaly_history_rows"]))
@@ -147,37 +184,39 @@ def history_sample(ctx: Any) -> tuple[pd.DataFrame, list[str]]:
     earlier = [d for d in lake.intervals("clean", ctx.dataset) if d < ctx.ds][-n_int:]
     if not earlier:
         return pd.DataFrame(), []
-    numeric, categorical = feature_columns(spec)
-    columns = [*numeric, *categorical, spec.time_column]
+    columns = _feature_source_columns(ctx.spec)
     crypto = ctx.crypto()
     per_interval = max(1, budget // len(earlier))
     parts: list[pa.Table] = []
     for ds in earlier:
-        m = lake.require("clean", ctx.dataset, ds)  # signature verified; AES-GCM authenticates the pages
+        m = lake.require("clean", ctx.dataset, ds)  # signature verified
         rng = np.random.default_rng(_seed(ctx.dataset, ctx.ds, ds))
-        groups: list[tuple[str, Any, int]] = []  # (url, entry, row group index)
-        handles = {}
-        for entry in m.files:
-            url = lake.full_url(lake.abspath(m, entry))
-            pf = parquet_io.open_parquet(url, crypto if entry.key_id else None)
-            handles[url] = pf
-            groups += [(url, entry, i) for i in range(pf.num_row_groups)]
-        if not groups:
-            continue
-        chosen = rng.choice(len(groups), size=min(max_rgs, len(groups)), replace=False)
-        k = max(1, per_interval // len(chosen))
-        for gi in chosen:
-            url, _, i = groups[gi]
-            try:
-                rg = handles[url].read_row_group(int(i), columns=columns)
-            except (OSError, pa.ArrowException) as exc:
-                raise parquet_io.ParquetReadError(f"{url}: row group {i}: {exc}") from exc
-            if rg.num_rows > k:
-                rg = rg.take(pa.array(np.sort(rng.choice(rg.num_rows, size=k, replace=False))))
-            parts.append(rg)
+        parts += sample_manifest(lake, m, crypto, columns, per_interval, max_rgs, rng)
     if not parts:
         return pd.DataFrame(), earlier
     return pa.concat_tables(parts).to_pandas(), earlier
+
+
+def score_committed(ctx: Any, model: AnomalyModel | None = None) -> dict[str, Any]:
+    """Estimate the anomaly rate of the interval's COMMITTED clean output from a bounded sample
+    (Param ``anomaly_sample_rows``, default 200k, from at most ``anomaly_sample_row_groups``
+    row groups) and apply the interval rule. A gate for when the clean step did not score."""
+    _rule(ctx)
+    model = model if model is not None else fit_for_context(ctx)
+    if model is None:
+        return {"skipped": "no history", "rows": 0, "anomalies": 0, "rate": 0.0, "alert": False}
+    lake = ctx.lake
+    m = lake.require("clean", ctx.dataset, ctx.ds)
+    rows = int(ctx.param("anomaly_sample_rows", DEFAULTS["anomaly_sample_rows"]))
+    max_rgs = int(ctx.param("anomaly_sample_row_groups", DEFAULTS["anomaly_sample_row_groups"]))
+    rng = np.random.default_rng(_seed(ctx.dataset, ctx.ds, "interval"))
+    parts = sample_manifest(lake, m, ctx.crypto(), model.columns, rows, max_rgs, rng)
+    data = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.null()) for c in model.columns})
+    flags = model.flags(data, f"{ctx.dataset} ds={ctx.ds}")
+    out = judge(ctx, int(len(flags)), int(flags.sum()))
+    out.update(sampled_from=m.rows, threshold=round(model.threshold, 6), contamination=model.contamination,
+               history_rows=model.history_rows, history_intervals=model.history_intervals)
+    return out
 
 
 def fit_for_context(ctx: Any) -> AnomalyModel | None:

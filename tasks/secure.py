@@ -11,9 +11,16 @@ quarantine, ``quarantine_validation``) and split
   and the row count matches the manifest,
 - its key material sidecar names only keys of the keyring (ids recorded).
 
+Then the poisoned-data gate (before training): the clean step's anomaly result if it
+recorded one (``clean.extra["anomaly"]``), else :func:`tasks.anomaly.score_committed`
+on a bounded sample of the committed clean rows; over ``anomaly_max_rate`` with policy
+``fail`` it raises ``AnomalyAlert`` and nothing is sealed (Param ``anomaly_check`` off
+skips it).
+
 Then it seals: a committed ``secure`` manifest whose ``extra`` lists each checked
-manifest's digest and the sha256 of every key-material sidecar, signed like any
-manifest. A later change to a checked manifest no longer matches its seal.
+manifest's digest, the sha256 of every key-material sidecar and the anomaly result,
+signed like any manifest. A later change to a checked manifest or sidecar no longer
+matches its seal (:func:`verify_seal`).
 
 Other steps read through :func:`verified_files` (signature + sha256 before use), and
 load model weights through :func:`verify_and_load_state_dict`.
@@ -178,6 +185,7 @@ def run(ctx: Any) -> dict[str, Any]:
         log.info("secure: %s ds=%s: %d files verified", stage, ctx.ds, checked[stage]["files"])
     if not checked:
         log.warning("secure: nothing committed for %s ds=%s in %s", ctx.dataset, ctx.ds, SECURED_STAGES)
+    anomaly_result = _anomaly_gate(ctx, manifests)  # raises AnomalyAlert (policy fail) before sealing
     version, _ = lake.new_version("secure", ctx.dataset, ctx.ds)
     seal = lake.commit(
         Manifest(
@@ -188,7 +196,7 @@ def run(ctx: Any) -> dict[str, Any]:
             input_fingerprint=Lake.manifests_fingerprint(*manifests),
             code_version=code_version("secure", "crypto", "parquet_io", "signing", "keyring"),
             params={"encrypt": crypto is not None},
-            extra={"checked": checked, "absent": absent},
+            extra={"checked": checked, "absent": absent, "anomaly": anomaly_result},
         )
     )
     files = sum(c["files"] for c in checked.values())
@@ -201,7 +209,22 @@ def run(ctx: Any) -> dict[str, Any]:
         "key_ids": sorted({k for c in checked.values() for k in c["key_ids"]}),
         "seal_version": seal.version,
         "seal_digest": seal.digest(),
+        "anomaly": anomaly_result,
     }
+
+
+def _anomaly_gate(ctx: Any, manifests: list[Manifest]) -> dict[str, Any] | None:
+    """Poisoned-data gate before training: the clean step's own anomaly result when it scored the
+    interval, else an estimate from a bounded sample of the committed clean rows (Param
+    ``anomaly_check``, default true)."""
+    clean = next((m for m in manifests if m.stage == "clean"), None)
+    if clean is None or not ctx.param("anomaly_check", True):
+        return None
+    if isinstance(clean.extra.get("anomaly"), dict):
+        return {"source": "clean", **clean.extra["anomaly"]}
+    from tasks import anomaly  # lazy: scikit-learn only when needed
+
+    return {"source": "secure-sample", **anomaly.score_committed(ctx)}
 
 
 def verify_seal(ctx: Any) -> dict[str, Any]:

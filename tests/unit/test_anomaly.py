@@ -96,3 +96,32 @@ def test_bad_params_and_inputs_are_named(lake_with_history):
     with pytest.raises(ValueError, match=r"partition: anomaly features need column\(s\) \['price'\]"):
         anomaly.split_partition(pd.DataFrame({"x": np.arange(3)}).assign(
             **{c: 1 for c in model.columns if c != "price"}), model)
+
+
+def test_secure_step_gates_a_poisoned_interval_before_training(lake_with_history):
+    from tasks import secure
+
+    ctx = _ctx()
+    commit_table(ctx, "clean", {"": events(N, DS, seed=11, poison=400)}, ctx.crypto())
+    with pytest.raises(anomaly.AnomalyAlert, match="2026-11-04"):
+        secure.run(ctx)
+    assert ctx.lake.manifest("secure", "events", DS) is None  # nothing sealed
+    warned = secure.run(_ctx(anomaly_policy="warn"))
+    assert warned["anomaly"]["source"] == "secure-sample" and warned["anomaly"]["alert"]
+    assert ctx.lake.require("secure", "events", DS).extra["anomaly"]["alert"]
+
+
+def test_secure_step_passes_a_normal_interval_and_prefers_the_clean_steps_result(lake_with_history):
+    from tasks import secure
+    from tasks.lake import Manifest
+
+    ctx = _ctx()
+    m = commit_table(ctx, "clean", {"": events(N, DS, seed=12)}, ctx.crypto())
+    out = secure.run(ctx)
+    assert out["anomaly"]["source"] == "secure-sample" and not out["anomaly"]["alert"]
+    assert out["anomaly"]["rows"] == N and out["anomaly"]["history_intervals"] == HISTORY
+    # when clean scored every row itself, its result is what the gate reports
+    scored = anomaly.score_interval(ctx, events(N, DS, seed=12))
+    ctx.lake.commit(Manifest("clean", "events", DS, m.version, files=m.files, extra={"anomaly": scored}))
+    out = secure.run(_ctx())
+    assert out["anomaly"]["source"] == "clean" and out["anomaly"]["rows"] == N
