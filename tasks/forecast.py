@@ -20,9 +20,11 @@ meets ``deadline_s`` and whose upper peak memory fits ``memory_per_worker``. Wit
 
 Heuristic (no or little history): each worker thread processes ``HEURISTIC_BYTES_PER_S``
 bytes of Parquet input per second after ``HEURISTIC_OVERHEAD_S`` of start-up, and needs
-``HEURISTIC_MEMORY_FACTOR`` x the size of one partition in memory (a Parquet partition
+``HEURISTIC_MEMORY_FACTOR`` x the size of one partition per thread in memory (a Parquet partition
 expands several-fold once decoded into pandas and copied by the cleaning steps) plus
-``HEURISTIC_BASE_MEMORY`` for the worker process itself.
+``HEURISTIC_BASE_MEMORY`` for the worker process itself; when a shuffle spreads the input
+over the workers, each holds ``HEURISTIC_MEMORY_FACTOR`` x its share (input / workers) instead,
+if that is larger.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int, pa
     """The no-history estimate described in the module docstring (upper = 1.5 x point estimate)."""
     w = np.asarray(workers, float)
     wall = HEURISTIC_OVERHEAD_S + input_bytes / (bytes_per_s * w * threads)
-    mem = np.full_like(w, HEURISTIC_BASE_MEMORY + HEURISTIC_MEMORY_FACTOR * partition_bytes * threads)
+    # a worker holds its partitions in flight and, during the dedupe shuffle, its share of the whole input
+    mem = HEURISTIC_BASE_MEMORY + HEURISTIC_MEMORY_FACTOR * np.maximum(partition_bytes * threads, input_bytes / w)
     return {"wall_s": wall, "wall_s_upper": 1.5 * wall, "peak_memory": mem, "peak_memory_upper": mem}
 
 

@@ -66,11 +66,17 @@ def test_impossible_deadline_uses_fastest_size_and_says_so():
 
 
 def test_heuristic_with_little_history():
-    plan = forecast.make_plan(_history(3), 4e9, deadline_s=120, max_workers=64, partition_bytes=64 << 20)
+    plan = forecast.make_plan(_history(3), 4e9, deadline_s=120, max_workers=64, partition_bytes=64 << 20,
+                              memory_per_worker=64 << 30)
     assert plan.source == "heuristic" and "only 3 successful runs" in plan.reason
     need = forecast.HEURISTIC_OVERHEAD_S + 4e9 / (forecast.HEURISTIC_BYTES_PER_S * plan.workers)
     assert 1.5 * need <= 120
     assert 1.5 * (forecast.HEURISTIC_OVERHEAD_S + 4e9 / (forecast.HEURISTIC_BYTES_PER_S * (plan.workers - 1))) > 120
+    # memory: the shuffle share (input / workers) drives the size when the budget is small
+    small = forecast.make_plan([], 4e9, deadline_s=1e6, max_workers=64, memory_per_worker=2 << 30,
+                               partition_bytes=16 << 20)
+    share = forecast.HEURISTIC_BASE_MEMORY + forecast.HEURISTIC_MEMORY_FACTOR * 4e9 / small.workers
+    assert share <= forecast.MEMORY_FRACTION * (2 << 30) and small.workers > 1 and "heuristic" == small.source
 
 
 def test_bad_plan_inputs_are_named():
