@@ -171,6 +171,12 @@ def key_material_fingerprints(ring: Keyring) -> list[str]:
     return sorted(set(out))
 
 
+def default_path() -> Path:
+    """The embedded default: <LEPTONFLOW_HOME or ./var>/keys/keyring.json (as tasks.context uses)."""
+    home = os.environ.get("LEPTONFLOW_HOME") or str(Path(__file__).resolve().parent.parent / "var")
+    return Path(home) / "keys" / "keyring.json"
+
+
 def load(path: str | Path | None = None, create: bool = True, use_env: bool = True) -> Keyring:
     doc = os.environ.get("LEPTONFLOW_KEYRING_JSON") if use_env else None
     if doc:
@@ -179,7 +185,7 @@ def load(path: str | Path | None = None, create: bool = True, use_env: bool = Tr
         except json.JSONDecodeError as exc:
             raise KeyError_(f"LEPTONFLOW_KEYRING_JSON is not valid JSON (line {exc.lineno})") from None
         return Keyring.from_doc(parsed)
-    path = Path(path or os.environ.get("LEPTONFLOW_KEYRING") or Path.cwd() / ".keys" / "keyring.json")
+    path = Path(path or os.environ.get("LEPTONFLOW_KEYRING") or default_path())
     if not path.exists():
         if not create:
             raise KeyError_(f"no keyring at {path}")
