@@ -493,11 +493,13 @@ class _Sampler:
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         except Exception:  # noqa: BLE001 - a missed sample must not fail the step
             return
+        on_disk = 0
         for w in workers.values():
             m = w.get("metrics", {})
             self.peak = max(self.peak, int(m.get("memory", 0) or 0))
             sp = m.get("spilled_bytes", {})
-            self.spilled = max(self.spilled, int(sp.get("disk", 0) or 0) if isinstance(sp, dict) else 0)
+            on_disk += int(sp.get("disk", 0) or 0) if isinstance(sp, dict) else 0
+        self.spilled = max(self.spilled, on_disk)  # most bytes held on disk at once, all workers together
 
 
 def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, list, _Sampler]:
