@@ -54,22 +54,28 @@ MEMORY_FRACTION = 0.7  # distributed.worker.memory.spill
 QUANTILE = 0.9
 
 
-def _wall_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray) -> np.ndarray:
+def _wall_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray, full: bool) -> np.ndarray:
     gb = input_bytes / 1e9  # scaled so coefficients are of similar magnitude
-    return np.column_stack([gb / (workers * threads), gb, workers])
+    if not full:  # sizes seen too alike to separate overhead from parallel work: assume pure parallel work
+        return np.column_stack([gb / (workers * threads)])
+    return np.column_stack([np.ones_like(gb), gb / (workers * threads), gb, workers])
 
 
-def _mem_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray) -> np.ndarray:
+def _mem_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray, full: bool) -> np.ndarray:
     gb = input_bytes / 1e9
-    return np.column_stack([gb / workers, gb / (workers * threads)])
+    if not full:
+        return np.column_stack([np.ones_like(gb), gb / workers])
+    return np.column_stack([np.ones_like(gb), gb / workers, gb / (workers * threads)])
 
 
-def _with_constant(x: np.ndarray) -> np.ndarray:
-    return np.column_stack([np.ones(len(x)), x])
+def sizes_identifiable(workers: np.ndarray) -> bool:
+    """Enough spread in cluster size to fit how wall time scales with it (>= 3 sizes over >= 1.5x)."""
+    return len(np.unique(workers)) >= 3 and float(workers.max()) >= 1.5 * float(workers.min())
 
 
 class _RatioModel:
-    """Non-negative linear model fitted for relative error, with a leave-one-out ratio quantile."""
+    """Non-negative linear model (no free intercept: the overhead is a non-negative feature
+    coefficient) fitted for relative error, with a leave-one-out actual/predicted ratio quantile."""
 
     def __init__(self, quantile: float):
         self.quantile = quantile
@@ -80,7 +86,6 @@ class _RatioModel:
         self.loo_ratios: list[float] = []  # actual / predicted on held-out runs
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> _RatioModel:
-        x = _with_constant(x)  # the fixed overhead is a coefficient too, so it cannot go negative
         w = 1.0 / np.maximum(y, 1e-9) ** 2
         self.floor = 0.05 * float(y.min())  # no run is predicted faster than a small share of the fastest seen
         self.model.fit(x, y, sample_weight=w)
@@ -102,17 +107,25 @@ class _RatioModel:
         return self
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pred = np.maximum(self.model.predict(_with_constant(x)), self.floor)
+        pred = np.maximum(self.model.predict(x), self.floor)
         return pred, pred * self.upper_ratio
 
 
 @dataclass
 class Forecaster:
-    """Wall time and peak memory per worker for a stage, fitted on its successful runs."""
+    """Wall time and peak memory per worker for a stage, fitted on its successful runs.
+
+    With history from too narrow a range of cluster sizes (see ``sizes_identifiable``) the
+    overhead, serial and per-worker terms cannot be told apart from the parallel one, so the
+    model falls back to pure parallel scaling ``wall = b * bytes/(workers*threads)``: when it
+    shrinks a cluster this overestimates the wall time, erring towards meeting the deadline.
+    """
 
     wall: _RatioModel | None = None
     mem: _RatioModel | None = None
     n_runs: int = 0
+    full: bool = True
+    sizes_seen: tuple[int, int] = (0, 0)
 
     @classmethod
     def fit(cls, rows: list[dict[str, Any]], quantile: float = QUANTILE) -> Forecaster:
@@ -123,12 +136,14 @@ class Forecaster:
         b = np.array([r["input_bytes"] for r in ok], float)
         w = np.array([r["workers"] for r in ok], float)
         t = np.array([max(r["threads"] or 1, 1) for r in ok], float)
-        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t), np.array([r["wall_s"] for r in ok], float))
+        f.full = sizes_identifiable(w)
+        f.sizes_seen = (int(w.min()), int(w.max()))
+        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t, f.full), np.array([r["wall_s"] for r in ok], float))
         with_mem = [i for i, r in enumerate(ok) if r.get("peak_memory_per_worker", 0) > 0]
         if len(with_mem) >= 3:
             idx = np.array(with_mem)
             mem_y = np.array([ok[i]["peak_memory_per_worker"] for i in with_mem], float)
-            f.mem = _RatioModel(quantile).fit(_mem_features(b[idx], w[idx], t[idx]), mem_y)
+            f.mem = _RatioModel(quantile).fit(_mem_features(b[idx], w[idx], t[idx], f.full), mem_y)
         return f
 
     def predict(self, input_bytes: float, workers: np.ndarray | list[int], threads: int) -> dict[str, np.ndarray]:
@@ -137,10 +152,10 @@ class Forecaster:
         w = np.asarray(workers, float)
         b = np.full_like(w, float(input_bytes))
         t = np.full_like(w, float(threads))
-        wall, wall_up = self.wall.predict(_wall_features(b, w, t))
+        wall, wall_up = self.wall.predict(_wall_features(b, w, t, self.full))
         out = {"wall_s": wall, "wall_s_upper": wall_up}
         if self.mem is not None:
-            mem, mem_up = self.mem.predict(_mem_features(b, w, t))
+            mem, mem_up = self.mem.predict(_mem_features(b, w, t, self.full))
             out.update(peak_memory=mem, peak_memory_upper=mem_up)
         return out
 
@@ -189,6 +204,8 @@ def make_plan(
         est = f.predict(input_bytes, sizes, threads_per_worker)
         source = "forecast"
         why = f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio:.2f})"
+        if not f.full:
+            why += f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: pure parallel scaling assumed"
         if "peak_memory" not in est:
             h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s)
             est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])

@@ -44,6 +44,6 @@ def test_plan_from_postgres_history(pg_url):
         history.record_run(pg_url, stage="split", dataset="events", ds=f"2026-10-{i + 1:02d}",
                            wall_s=3 + b / (1e8 * w), success=True, input_bytes=b, workers=w, threads=1)
     rows = history.runs(pg_url, "split", "events", success_only=True)
-    plan = forecast.make_plan(rows, 4e9, deadline_s=15, max_workers=16)
+    plan = forecast.make_plan(rows, 4e9, deadline_s=15, max_workers=16, memory_per_worker=64 << 30)
     # truth: 3 + 40/w <= 15 -> w >= 4 (exact data, so the bound is tight)
     assert plan.source == "forecast" and plan.workers == 4

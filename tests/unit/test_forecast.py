@@ -151,3 +151,18 @@ def test_run_plan_train_device_and_nproc(lf_home):
     with pytest.raises(ValueError, match="train_nproc"):
         forecast.run_plan_train(StepContext(dataset="events", ds="2026-11-10", params={"train_nproc": "x"}))
     history.dispose()
+
+
+def test_narrow_size_history_falls_back_to_conservative_parallel_scaling():
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(12):  # every run on 200..235 workers: overhead and parallel terms are collinear
+        b, w = float(rng.uniform(5e11, 7e11)), int(rng.integers(200, 236))
+        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1, wall_s=amdahl(b, w, per_worker=0.0)))
+    f = forecast.Forecaster.fit(rows)
+    assert not f.full and f.sizes_seen[0] >= 200
+    small = np.array([20, 50, 100])
+    est = f.predict(6e11, small, 1)
+    assert np.all(est["wall_s"] >= amdahl(6e11, small, per_worker=0.0))  # errs towards meeting the deadline
+    plan = forecast.make_plan(rows, 6e11, deadline_s=900, max_workers=1000, memory_per_worker=64 << 30)
+    assert amdahl(6e11, plan.workers, per_worker=0.0) <= 900 and "pure parallel" in plan.reason
