@@ -64,7 +64,7 @@ def run_leptonflow(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
 
     dask.config.set(LF_MEMORY)
     ctx = StepContext("events", DS, lake_url=str(data), keyring_path=str(out / "keys.json"),
-                      params={"encrypt": False, "bench_run": uuid.uuid4().hex},
+                      params={"encrypt": False, "rerun": uuid.uuid4().hex},
                       cluster={"backend": "local", "local_directory": str(out / "dask")},
                       upstream={"plan_clean": LF_PLAN})
     c = clean.run(ctx)

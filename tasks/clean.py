@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 TARGET_FILE_BYTES = 128 << 20  # output files aim at ~128 MB
 CHUNK_ROWS = 1 << 20  # rows per map task (whole row groups)
+# Params that change the output (the cache key): DAG-wide Params of other steps must not invalidate clean.
+# ``rerun`` is a free tag: a new value forces a recompute.
+CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun")
 SRC_FILE, SRC_ROW = "_src_file", "_src_row"
 Q_REASON, Q_FILE, Q_ROW = "_reason", "_source_file", "_source_row"
 _INT_RE = r"^[+-]?[0-9]{1,18}$"
@@ -543,7 +546,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise CleanError(f"no raw files for {ctx.dataset} ds={ctx.ds} under {where}")
     start_us = int(ctx.interval_start.timestamp() * 1_000_000)
     end_us = int(ctx.interval_end.timestamp() * 1_000_000)
-    params = dict(ctx.params)
+    params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
     fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us)
     code = code_version("clean", "parquet_io")
     hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("train", "val", "test")
 MERGE_FANIN = 8
+CACHE_PARAMS = ("encrypt", "rerun")  # params that change the output; ``rerun`` is a free tag forcing a recompute
 
 
 class SplitError(RuntimeError):
@@ -118,7 +119,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     clean = lake.require("clean", ctx.dataset, ctx.ds)
     if not clean.files or clean.rows == 0:
         raise SplitError(f"clean output of {ctx.dataset} ds={ctx.ds} has no rows: nothing to split")
-    params = dict(ctx.params)
+    params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
     fp = fingerprint(Lake.manifests_fingerprint(clean), spec.fingerprint())
     code = code_version("split", "features", "parquet_io")
     hit = lake.cache_hit("split", ctx.dataset, ctx.ds, fp, code, params)

@@ -96,7 +96,7 @@ def _digests(ctx: StepContext, stage: str) -> dict[str, str]:
 
 
 def test_worker_killed_mid_clean_gives_identical_output_with_bounded_memory(cluster, lake):
-    ctx = _ctx(lake, {"backend": "address", "address": cluster["address"]}, run="address")
+    ctx = _ctx(lake, {"backend": "address", "address": cluster["address"]}, rerun="address")
     box: dict = {}
     def target() -> None:
         try:
@@ -121,7 +121,7 @@ def test_worker_killed_mid_clean_gives_identical_output_with_bounded_memory(clus
     assert r["workers"] == 2 and r["accounting"]["rows_in"] == ROWS
 
     # the same interval on the embedded local backend (another cluster, another size)
-    local = _ctx(lake, {"backend": "local"}, run="local")
+    local = _ctx(lake, {"backend": "local"}, rerun="local")
     r_local = clean.run(local)
     assert r_local["cache_hit"] is False
     assert r_local["accounting"] == r["accounting"]
@@ -136,15 +136,15 @@ def test_worker_killed_mid_clean_gives_identical_output_with_bounded_memory(clus
 
 def test_cache_hit_and_atomic_rerun_on_the_cluster(cluster, lake, monkeypatch):
     address = {"backend": "address", "address": cluster["address"]}
-    first = clean.run(_ctx(lake, address, run="cache"))
+    first = clean.run(_ctx(lake, address, rerun="cache"))
     old = _ctx(lake, address).lake.require("clean", "events", DS)
     with Client(cluster["address"]) as c:
         before = c.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.transition_log))
-        hit = clean.run(_ctx(lake, address, run="cache"))
+        hit = clean.run(_ctx(lake, address, rerun="cache"))
         after = c.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.transition_log))
     assert hit["cache_hit"] is True and hit["clean_version"] == first["clean_version"]
     assert after == before  # no task reached the scheduler
-    rerun = clean.run(_ctx(lake, address, run="replaced"))
+    rerun = clean.run(_ctx(lake, address, rerun="replaced"))
     new = _ctx(lake, address).lake.require("clean", "events", DS)
     assert new.version == rerun["clean_version"] != old.version
     # a reader that opened the old manifest can still read all of its files (grace period), and sees the same rows

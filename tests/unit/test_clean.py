@@ -181,7 +181,7 @@ def test_output_is_byte_identical_across_cluster_sizes_and_reruns(tmp_path, dask
     da, qa = _digests(a, "clean"), _digests(a, "quarantine")
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
                       protocol="tcp", host="127.0.0.1") as one:
-        b = _ctx(tmp_path, one.scheduler_address, partitions=3, chunk_rows=4_000, run_label="second")
+        b = _ctx(tmp_path, one.scheduler_address, partitions=3, chunk_rows=4_000, rerun="second")
         rb = clean.run(b)
     assert rb["cache_hit"] is False and rb["clean_version"] != ra["clean_version"]
     assert _digests(b, "clean") == da and _digests(b, "quarantine") == qa
@@ -203,6 +203,8 @@ def test_cache_hit_does_no_work_and_param_change_replaces(tmp_path, dask_address
     assert mpath.read_bytes() == before
     # a cache hit must not even need a cluster
     assert clean.run(_ctx(tmp_path, "tcp://127.0.0.1:1"))["cache_hit"] is True
+    # Params of other steps (DAG-wide) do not invalidate clean
+    assert clean.run(_ctx(tmp_path, dask_address, epochs=5, train_lr=0.1))["cache_hit"] is True
     changed = clean.run(_ctx(tmp_path, dask_address, partitions=2))
     assert changed["cache_hit"] is False and changed["files_out"] == 2
     assert not (tmp_path / "lake/clean/events" / f"ds={DS}" / f"v={first['clean_version']}").exists()
