@@ -2,15 +2,19 @@
 
 Same model, batch size, optimizer and rows for every contender, in one run:
 
-* ``leptonflow``: the real train step (``tasks.steps.run_step("train")``): torchrun-launched
+* ``leptonflow_workers<N>``: the real train step (``tasks.steps.run_step("train")``): torchrun-launched
   rank, StreamDataset over the *encrypted* split (decrypt + transform in a DataLoader worker),
   DDP-ready loop with checkpoints; samples/s is the step's own measure over its training loops
-  (launch, validation and checkpoints at epoch ends excluded, periodic checkpoints included).
+  (launch, validation and checkpoints at epoch ends excluded, periodic checkpoints included),
+  once per ``--workers`` value (DataLoader workers per rank; the first one is the headline).
 * ``bare_tensors``: the whole train split decoded and transformed up front, then a loop that
-  slices shuffled in-memory tensors (no I/O at all): the upper bound.
+  slices shuffled in-memory tensors (no I/O at all): the upper bound (best of two runs).
 * ``tensor_dataloader``: the common recipe, ``TensorDataset`` + ``DataLoader(shuffle=True)``.
 
-Target: leptonflow >= 0.8x bare_tensors on CPU. Writes bench/results/train.json.
+Target: leptonflow >= 0.8x bare_tensors on CPU. Every contender gets ``--threads`` torch threads
+(default 1: on a small shared CPU, OpenMP spin-waits make multi-threaded timings erratic); our
+rank also has one DataLoader worker process doing read + decrypt + transform. Writes
+bench/results/train.json.
 
     PYTHONPATH=. .venv/bin/python bench/train.py [--rows 200000] [--epochs 2] [--batch-size 1024]
 """
@@ -73,10 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--workers", default="1,0",
+                    help="train_workers values to run (DataLoader workers per rank); the first is the headline")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads for every contender (OMP_NUM_THREADS of the ranks)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bench.train").setLevel(logging.INFO)
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the training ranks
 
     with tempfile.TemporaryDirectory(prefix="lf-bench-train-") as home:
         os.environ.update(LEPTONFLOW_HOME=home, LEPTONFLOW_LAKE=f"{home}/lake",
@@ -86,38 +96,52 @@ def main(argv: list[str] | None = None) -> int:
         params = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 2e-3, "hidden": "64,32",
                   "dropout": 0.0, "patience": args.epochs, "seed": 1, "checkpoint_every": 10**9,
                   "train_nproc": args.nproc, "encrypt": True}
-        ctx = StepContext(dataset="events", ds="2026-11-02", params=params)
-        small = max(1000, args.rows // 20)
-        t0 = time.perf_counter()
-        split = make_split(ctx.lake, ds=ctx.ds, rows={"train": args.rows, "val": small, "test": small},
-                           files_per_group=4, row_group_rows=32768, crypto=ctx.crypto())
-        log.info("encrypted split of %d train rows written in %.1fs", args.rows, time.perf_counter() - t0)
+        split = None
+        ours: dict[str, float] = {}
+        results = {}
+        for i, workers in enumerate(int(w) for w in args.workers.split(",")):
+            ds = f"2026-11-{i + 2:02d}"  # one interval per setting: no cache hit between them
+            ctx = StepContext(dataset="events", ds=ds, params={**params, "train_workers": workers})
+            small = max(1000, args.rows // 20)
+            t0 = time.perf_counter()
+            split = make_split(ctx.lake, ds=ds, rows={"train": args.rows, "val": small, "test": small},
+                               files_per_group=4, row_group_rows=32768, crypto=ctx.crypto())
+            log.info("encrypted split of %d train rows written in %.1fs", args.rows, time.perf_counter() - t0)
+            res = run_step("train", ctx)
+            results[workers] = res
+            ours[f"leptonflow_workers{workers}"] = res["train_samples_per_s"]
+            log.info("leptonflow step, %d DataLoader worker(s): %.0f samples/s (wall %.1fs incl. launch)", workers,
+                     res["train_samples_per_s"], res["wall_s"])
         stats = split.extra["feature_stats"]
-
-        res = run_step("train", ctx)
-        ours = res["train_samples_per_s"]
-        log.info("leptonflow step: %.0f samples/s (wall %.1fs incl. launch)", ours, res["wall_s"])
+        headline = next(iter(ours.values()))
+        res = next(iter(results.values()))
 
         crypto = ctx.crypto()
+        assert split is not None
         parts = [transform(read_table(ctx.lake.abspath(split, f), crypto), stats) for f in split.group_files("train")]
         x_num, x_cat, y = (torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in range(3))
         hp = {"hidden": "64,32", "dropout": 0.0, "seed": 1, "lr": 2e-3}
-        bare = bare_loop(x_num, x_cat, y, stats, hp, args.epochs, args.batch_size, dataloader=False)
-        log.info("bare tensors: %.0f samples/s", bare)
+        # the peer's best of two runs: a shared machine's load drifts, and the bound should be a high one
+        bare = max(bare_loop(x_num, x_cat, y, stats, hp, args.epochs, args.batch_size, dataloader=False)
+                   for _ in range(2))
+        log.info("bare tensors: %.0f samples/s (best of 2)", bare)
         naive = bare_loop(x_num, x_cat, y, stats, hp, args.epochs, args.batch_size, dataloader=True)
         log.info("TensorDataset+DataLoader: %.0f samples/s", naive)
 
     cli_args = sys.argv[1:] if argv is None else argv
+    ratio = headline / bare
     out = {
         "benchmark": "train",
         "command": " ".join(["PYTHONPATH=. .venv/bin/python bench/train.py", *cli_args]),
         "rows": args.rows, "epochs": args.epochs, "batch_size": args.batch_size, "nproc": args.nproc,
-        "device": res["device"], "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "device": res["device"], "torch": torch.__version__, "threads": args.threads,
         "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-        "samples_per_s": {"leptonflow": round(ours, 1), "bare_tensors": round(bare, 1),
+        "samples_per_s": {**{k: round(v, 1) for k, v in ours.items()}, "bare_tensors": round(bare, 1),
                           "tensor_dataloader": round(naive, 1)},
-        "ratio_vs_bare": round(ours / bare, 3), "ratio_vs_tensor_dataloader": round(ours / naive, 3),
-        "target_ratio_vs_bare": 0.8, "meets_target": ours / bare >= 0.8,
+        "headline": next(iter(ours)), "ratio_vs_bare": round(ratio, 3),
+        "ratios_vs_bare": {k: round(v / bare, 3) for k, v in ours.items()},
+        "ratio_vs_tensor_dataloader": round(headline / naive, 3),
+        "target_ratio_vs_bare": 0.8, "meets_target": ratio >= 0.8,
         "best_val_auc": res["best_val_metric"], "step_wall_s": res["wall_s"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -266,7 +266,7 @@ class StreamDataset(IterableDataset):
                 pos += n
                 continue
             parts = [self._read_piece(files, p) for p in buf]
-            arrays = [np.concatenate([part[k] for part in parts]) for k in range(3)]
+            arrays = list(parts[0]) if len(parts) == 1 else [np.concatenate([p[k] for p in parts]) for k in range(3)]
             if self.shuffle:
                 perm = np.random.default_rng([self.seed, self.epoch, shard_id, bi]).permutation(n)
                 arrays = [a[perm] for a in arrays]
