@@ -104,7 +104,10 @@ def wrapped_key_id(wrapped: str) -> str:
 def unwrap(ring: Keyring, role: str, wrapped: str) -> bytes:
     key_id = wrapped_key_id(wrapped)
     master = ring.master_key(key_id)  # raises naming the key id when missing or revoked
-    blob = base64.b64decode(wrapped.split(":", 2)[2])
+    try:
+        blob = base64.b64decode(wrapped.split(":", 2)[2], validate=True)
+    except (IndexError, ValueError):
+        raise KeyError_(f"wrapped {role} key under {key_id!r} is malformed (tampered key material?)") from None
     try:
         return AESGCM(_role_key(master, role)).decrypt(blob[:12], blob[12:], _aad(role, key_id))
     except InvalidTag:
@@ -199,7 +202,10 @@ def file_key_ids(url: str, material: bytes | None = None) -> set[str]:
         if isinstance(mat, dict) and "masterKeyID" in mat:
             wrapped = mat.get("wrappedKEK") if mat.get("doubleWrapping") else mat.get("wrappedDEK")
             if wrapped:
-                ids.add(wrapped_key_id(wrapped))
+                try:
+                    ids.add(wrapped_key_id(wrapped))
+                except KeyError_ as exc:
+                    raise CryptoError(f"{key_material_url(url)}: {exc}") from None
     return ids
 
 

@@ -258,3 +258,21 @@ def test_env_keyring_is_used_by_tasks_and_workers_without_a_file(lf_home, tmp_pa
     monkeypatch.delenv("LEPTONFLOW_KEYRING_JSON")
     with pytest.raises(parquet_io.ParquetReadError, match=rf"{url}: cannot decrypt: no keyring at"):
         parquet_io.read_table(url, c)
+
+
+def test_wrapped_keys_are_bound_to_role_and_key_id(tmp_path):
+    ring = keyring.load(tmp_path / "k.json", use_env=False)
+    first = ring.active
+    second = keyring.add_master_key(ring)
+    dek = bytes(range(32))
+    wrapped = crypto.wrap(ring, first, crypto.ROLE_DATA, dek)
+    assert wrapped.startswith(f"lf1:{first}:") and dek.hex() not in wrapped
+    assert crypto.unwrap(ring, crypto.ROLE_DATA, wrapped) == dek
+    with pytest.raises(KeyError_, match=f"{first}.*does not unwrap the lf-pii key"):
+        crypto.unwrap(ring, crypto.ROLE_PII, wrapped)  # a data key cannot pose as a PII key
+    with pytest.raises(KeyError_, match=f"{second}.*does not unwrap"):
+        crypto.unwrap(ring, crypto.ROLE_DATA, wrapped.replace(first, second))  # nor claim another key
+    with pytest.raises(KeyError_, match="malformed"):
+        crypto.unwrap(ring, crypto.ROLE_DATA, wrapped[:-6] + "!!!!!!")
+    with pytest.raises(KeyError_, match="not in leptonflow's format"):
+        crypto.unwrap(ring, crypto.ROLE_DATA, "aws-kms:" + wrapped)
