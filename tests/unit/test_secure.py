@@ -140,3 +140,21 @@ def test_verify_and_load_state_dict(tmp_path):
         secure.verify_and_load_state_dict(str(bad), hashlib.sha256(bad.read_bytes()).hexdigest())
     with pytest.raises(secure.IntegrityError, match="missing"):
         secure.verify_and_load_state_dict(str(tmp_path / "nope.pt"), sha)
+
+
+def test_no_key_material_in_logs_outputs_or_lake(ctx, caplog, capsys):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secured_interval(ctx)
+    results = [secure.run(ctx)]
+    crypto.rotate_cli(["--keyring", ctx.keyring_path, "--lake", ctx.lake_url, "--update-manifests"])
+    fresh = StepContext(dataset="events", ds=DS)
+    results.append(secure.run(fresh))
+    ring = keyring.load(ctx.keyring_path)
+    assert len(ring.master_keys) == 2
+    fps = keyring.key_material_fingerprints(ring)
+    text = caplog.text + capsys.readouterr().out + json.dumps(results) + repr(ring) + repr(fresh.crypto())
+    lake_bytes = b"".join(p.read_bytes() for p in Path(ctx.lake_url).rglob("*") if p.is_file())
+    for s in fps:
+        assert s not in text and s.encode() not in lake_bytes
