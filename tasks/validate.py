@@ -7,6 +7,8 @@ committed clean interval. The engine (``tasks.validation.engine``) merges per-ch
 results into one GX ``ExpectationSuiteValidationResult``; Data Docs go to
 ``<lake>/validation/<dataset>/ds=<ds>/<kind>/index.html``.
 
+Param ``gx_data_docs`` (default true): also render GX's own page (``gx.html``; ~1 s of Jinja).
+
 Param ``validation_policy``:
 - ``fail`` (default): raise :class:`ValidationFailed` listing each failing expectation;
 - ``warn``: log the failures and return ``success: False``;
@@ -173,6 +175,7 @@ def _finish(
         {"validation_policy": policy},
         extra_files=extra_files,
         suite_extra=suite_extra,
+        gx_page=bool(ctx.param("gx_data_docs", True)),
     )
     return _apply_policy(summary)
 

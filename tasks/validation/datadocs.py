@@ -42,7 +42,9 @@ def _cell(v: Any) -> str:
     return html.escape(str(v))
 
 
-def render_html(result: ExpectationSuiteValidationResult, title: str, summary: dict[str, Any]) -> str:
+def render_html(
+    result: ExpectationSuiteValidationResult, title: str, summary: dict[str, Any], gx_page: bool = True
+) -> str:
     """A self-contained HTML page with one row per expectation result."""
     d = result.to_json_dict()
     rows = []
@@ -60,6 +62,7 @@ def render_html(result: ExpectationSuiteValidationResult, title: str, summary: d
             f"<td>{_cell(observed)}</td><td>{_cell(res.get('details'))}{_cell(exc)}</td></tr>"
         )
     st = d["statistics"]
+    gx_link = "<a href='gx.html'>GX rendering</a> · " if gx_page else ""
     badge = '<span class="badge pass">PASSED</span>' if d["success"] else '<span class="badge failb">FAILED</span>'
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary.items())
     return (
@@ -67,7 +70,7 @@ def render_html(result: ExpectationSuiteValidationResult, title: str, summary: d
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)} {badge}</h1>"
         f"<p>{st['successful_expectations']} of {st['evaluated_expectations']} expectations passed "
         f"({st['success_percent']:.1f}%). Suite <b>{html.escape(d['suite_name'])}</b>, evaluated on every row "
-        f"by leptonflow's Dask engine. <a href='gx.html'>GX rendering</a> · <a href='result.json'>GX result JSON</a>"
+        f"by leptonflow's Dask engine. {gx_link}<a href='result.json'>GX result JSON</a>"
         f"</p><table>{facts}</table><h2>Expectations</h2><table><tr><th></th><th>expectation</th><th>column</th>"
         f"<th>kwargs</th><th>elements</th><th>unexpected</th><th>unexpected %</th><th>observed / examples</th>"
         f"<th>details</th></tr>{''.join(rows)}</table></body></html>"
@@ -97,20 +100,22 @@ def publish(
     params: dict[str, Any],
     extra_files: dict[str, bytes] | None = None,
     suite_extra: dict[str, Any] | None = None,
+    gx_page: bool = True,
 ) -> str:
     """Write and commit the Data Docs of one run; returns the URL of its index.html.
 
     `extra_files` (e.g. the drift profile the next interval compares against) are committed
     beside the pages; `suite_extra` is recorded with this suite's entry in the manifest.
+    `gx_page=False` skips GX's own page (its Jinja rendering costs ~1 s per run).
     """
     idir = lake.interval_dir(STAGE, dataset, ds)
     pages = {
-        "index.html": render_html(result, f"{dataset} {kind} validation ds={ds}", summary).encode(),
+        "index.html": render_html(result, f"{dataset} {kind} validation ds={ds}", summary, gx_page).encode(),
         "result.json": json.dumps(result.to_json_dict(), indent=1, default=str).encode(),
     }
-    gx_page = render_gx_html(result)
-    if gx_page is not None:
-        pages["gx.html"] = gx_page.encode()
+    gx_html = render_gx_html(result) if gx_page else None
+    if gx_html is not None:
+        pages["gx.html"] = gx_html.encode()
     pages.update(extra_files or {})
     entries = []
     lake.fs.makedirs(f"{idir}/{kind}", exist_ok=True)

@@ -6,8 +6,10 @@ GX has no Dask execution engine, so leptonflow evaluates the suite itself, every
    (columns, types, row count) are decided from footers, naming the offending files;
 2. map: one task per chunk (a run of row groups) counts element/missing/unexpected per
    row-level expectation, keeps a few examples, profiles drift columns and hash-partitions
-   key values into buckets;
-3. reduce: one task per bucket counts duplicate keys exactly; partial counts are summed;
+   key hashes into buckets;
+3. reduce: partial counts are summed; uniqueness is exact in two rounds: per hash bucket, the
+   64-bit key hashes seen twice are the only candidates; only if there are any, the chunks
+   send the keys with those hashes and duplicates are counted on the real key values;
 4. build: a real ``ExpectationSuiteValidationResult`` of ``ExpectationValidationResult``s
    with GX's result fields (element_count, unexpected_count, unexpected_percent, ...).
 """
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from distributed import Client
 from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
@@ -178,7 +181,15 @@ def _row_level(e: dict[str, Any], m: dict[str, Any] | None) -> tuple[bool, dict[
     mostly = float(e["kwargs"].get("mostly", 1.0))
     denom = n if e["type"] == "expect_column_values_to_not_be_null" else nonmissing
     ok = denom == 0 or (denom - unexp) / denom >= mostly
+    obs = m.get("observed")
+    if obs is not None:  # the observed range over all rows (and mean for numbers), for the docs
+        mean = obs["sum"] / obs["count"] if obs["sum"] is not None and obs["count"] else None
+        res["details"] = {"observed_min": _iso(obs["min"]), "observed_max": _iso(obs["max"]), "observed_mean": mean}
     return ok, res
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat() if hasattr(v, "isoformat") else v
 
 
 def _n_buckets(client: Client, rows: int) -> int:
@@ -282,11 +293,11 @@ def validate(
         pure=False,
     )
     part_f = client.map(partials.first, futs, pure=False)
-    dup_f = []
+    cand_f = []
     if key_cols:
-        dup_f = [
+        cand_f = [
             client.submit(
-                partials.count_duplicates, *[client.submit(partials.bucket, f, j, pure=False) for f in futs], pure=False
+                partials.candidate_hashes, *[client.submit(partials.bucket, f, j, pure=False) for f in futs], pure=False
             )
             for j in range(b)
         ]
@@ -296,8 +307,17 @@ def validate(
     if split_info.get("urls") and any(e["type"] == "expect_split_groups_to_be_disjoint" for e in exps):
         shared_f = _submit_split_disjointness(client, split_info["urls"], crypto, split_info["group_column"])
     merged = partials.merge_partials(client.gather(part_f))
-    dups = client.gather(dup_f)
-    del futs
+    dups = []
+    if cand_f:
+        cands = np.concatenate(client.gather(cand_f))
+        del futs
+        if cands.size:  # round 2: exact comparison of the few keys whose hashes repeat
+            log.info("uniqueness: %d repeated key hashes; comparing their exact keys", cands.size)
+            cand = client.scatter(cands, broadcast=True)
+            keys_f = client.map(
+                partials.keys_with_hashes, chunks, crypto=crypto, key_columns=key_cols, candidates=cand, pure=False
+            )
+            dups = [client.submit(partials.count_duplicates, *keys_f, pure=False).result()]
     previous = previous_profile
     if prev_f:
         previous = partials.merge_profiles([p["profile"] for p in client.gather(prev_f)])

@@ -119,6 +119,27 @@ def unexpected_mask(table: pa.Table, exp: dict[str, Any]) -> tuple[pa.Array, pa.
     raise ValueError(f"{kind} is not a row-level expectation leptonflow evaluates per chunk")
 
 
+def _min_max_sum(col: pa.ChunkedArray) -> dict[str, Any]:
+    """min/max (and sum/count for numbers) of a column: merged into the result's observed range and mean."""
+    ts = pa.types.is_timestamp(col.type)
+    vals = _as_timestamp(col) if ts else pc.cast(col, pa.float64())
+    mm = pc.min_max(vals)
+    out = {"min": mm["min"].as_py(), "max": mm["max"].as_py(), "count": pc.count(vals).as_py(), "sum": None}
+    if not ts:
+        out["sum"] = pc.sum(vals).as_py() or 0.0
+    return out
+
+
+def merge_observed(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    if a is None:
+        return dict(b)
+    out = {"count": a["count"] + b["count"], "sum": None if a["sum"] is None else a["sum"] + (b["sum"] or 0.0)}
+    for k, f in (("min", min), ("max", max)):
+        vals = [v for v in (a[k], b[k]) if v is not None]
+        out[k] = f(vals) if vals else None
+    return out
+
+
 def _examples(col: pa.ChunkedArray, mask: pa.Array) -> list[Any]:
     picked = pc.filter(col, mask)
     return [_to_py(v) for v in picked.slice(0, MAX_EXAMPLES).to_pylist()]
@@ -174,12 +195,25 @@ def hash_values(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return _mix(h ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
 
 
-def _bucket_of(keys: pa.Table, n_buckets: int) -> np.ndarray:
+def key_hash(keys: pa.Table) -> np.ndarray:
+    """64-bit hash of each row's (compound) key."""
     h = np.zeros(keys.num_rows, dtype=np.uint64)
     for name in keys.column_names:
         with np.errstate(over="ignore"):
             h = _mix(h * np.uint64(31) + hash_values(keys.column(name)))
-    return (h % np.uint64(n_buckets)).astype(np.int64)
+    return h
+
+
+def _bucket_of(keys: pa.Table, n_buckets: int) -> np.ndarray:
+    return (key_hash(keys) % np.uint64(n_buckets)).astype(np.int64)
+
+
+def _valid_keys(table: pa.Table, key_columns: list[str]) -> pa.Table:
+    keys = table.select(key_columns)
+    valid = pc.is_valid(keys.column(key_columns[0]))
+    for k in key_columns[1:]:
+        valid = pc.and_(valid, pc.is_valid(keys.column(k)))
+    return keys.filter(valid)
 
 
 def profile_table(table: pa.Table, prof: Profile) -> dict[str, Any]:
@@ -242,20 +276,17 @@ def evaluate_chunk(
             "unexpected_count": n_unexp,
             "examples": _examples(table.column(exp_columns(e)[0]), unexpected) if n_unexp else [],
         }
+        if e["type"] == "expect_column_values_to_be_between":
+            part["exp"][i]["observed"] = _min_max_sum(table.column(exp_columns(e)[0]))
     part["profile"] = profile_table(table, profile)
-    buckets: list[pa.Table] = []
+    buckets: list[np.ndarray] = []
     if key_columns and all(k in present for k in key_columns):
-        keys = table.select(key_columns)
-        valid = pc.is_valid(keys.column(key_columns[0]))
-        for k in key_columns[1:]:
-            valid = pc.and_(valid, pc.is_valid(keys.column(k)))
-        keys = keys.filter(valid)
+        keys = _valid_keys(table, key_columns)
         part["key_missing"] = table.num_rows - keys.num_rows
-        b = _bucket_of(keys, n_buckets) if keys.num_rows else np.zeros(0, np.int64)
-        order = np.argsort(b, kind="stable")
-        bounds = np.searchsorted(b[order], np.arange(n_buckets + 1))
-        sorted_keys = keys.take(pa.array(order))
-        buckets = [sorted_keys.slice(bounds[j], bounds[j + 1] - bounds[j]) for j in range(n_buckets)]
+        # Uniqueness, round 1: only 64-bit key hashes travel, hash-partitioned into buckets.
+        h = key_hash(keys)
+        b = h % np.uint64(n_buckets)
+        buckets = [h[b == j] for j in range(n_buckets)]
     return part, buckets
 
 
@@ -263,12 +294,32 @@ def first(pair: tuple[Any, Any]) -> Any:
     return pair[0]
 
 
-def bucket(pair: tuple[Any, list[pa.Table]], j: int) -> pa.Table | None:
+def bucket(pair: tuple[Any, list[np.ndarray]], j: int) -> np.ndarray | None:
     return pair[1][j] if pair[1] else None
 
 
+def candidate_hashes(*arrays: np.ndarray | None) -> np.ndarray:
+    """Key hashes seen more than once in one bucket: the only keys that can be duplicates."""
+    parts = [a for a in arrays if a is not None and a.size]
+    if not parts:
+        return np.zeros(0, dtype=np.uint64)
+    values, counts = np.unique(np.concatenate(parts), return_counts=True)
+    return values[counts > 1]
+
+
+def keys_with_hashes(chunk: Chunk, crypto: Any, key_columns: list[str], candidates: np.ndarray) -> pa.Table | None:
+    """Uniqueness, round 2 (only when round 1 found candidates): the actual keys whose hash is a candidate."""
+    if not all(k in chunk.columns for k in key_columns):
+        return None
+    keys = _valid_keys(read_chunk(chunk, crypto, key_columns), key_columns)
+    return keys.filter(pa.array(np.isin(key_hash(keys), candidates)))
+
+
 def count_duplicates(*tables: pa.Table | None) -> dict[str, Any]:
-    """Rows whose key occurs more than once (GX counts every occurrence), in one hash bucket."""
+    """Rows whose key occurs more than once (GX counts every occurrence), compared on the exact key values.
+
+    Fed with the candidate keys of round 2, so a 64-bit hash collision never counts as a duplicate.
+    """
     parts = [t for t in tables if t is not None and t.num_rows]
     if not parts:
         return {"unexpected_count": 0, "examples": []}
@@ -297,6 +348,8 @@ def merge_partials(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 m[k] += r[k]
             if len(m["examples"]) < MAX_EXAMPLES:
                 m["examples"] += r["examples"][: MAX_EXAMPLES - len(m["examples"])]
+            if "observed" in r:
+                m["observed"] = merge_observed(m.get("observed"), r["observed"])
     out["profile"] = merge_profiles([p["profile"] for p in parts])
     return out
 

@@ -53,6 +53,12 @@ def test_merged_counts_equal_duckdb_recount(tmp_path, addr, monkeypatch):
         elif cfg["type"] == "expect_column_values_to_be_between" and col == "price":
             assert out["unexpected_count"] == q("SELECT count(*) FROM T WHERE price < 0 OR price > 10000")
             assert out["missing_count"] == q("SELECT count(*) - count(price) FROM T")
+            d = out["details"]
+            assert (d["observed_min"], d["observed_max"]) == (
+                q("SELECT min(price) FROM T"),
+                q("SELECT max(price) FROM T"),
+            )
+            assert d["observed_mean"] == pytest.approx(q("SELECT avg(price) FROM T"), rel=1e-9)
         elif cfg["type"] == "expect_column_values_to_be_between" and col == "event_ts":
             want = q(
                 "SELECT count(*) FROM T WHERE event_ts < TIMESTAMPTZ '2026-11-01 00:00:00+00' "

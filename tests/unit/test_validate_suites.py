@@ -141,3 +141,26 @@ def test_psi_ks_and_share_delta():
     assert psi_shift > 0.5 and ks_shift == pytest.approx(0.38, abs=0.03)  # Phi(0.5) - Phi(-0.5)
     d, cat, new = drift.share_delta({"a": 50, "b": 50}, {"a": 20, "b": 70, "z": 10})
     assert d == pytest.approx(0.3) and cat == "a" and new == ["z"]
+
+
+def test_uniqueness_round_two_compares_exact_keys(tmp_path):
+    import pyarrow as pa
+
+    from tasks import parquet_io
+    from tasks.validation import partials
+
+    t = pa.table({"k": ["a", "b", "c", "a", None]})
+    parquet_io.write_table(str(tmp_path / "f.parquet"), t, "f.parquet")
+    chunk = partials.Chunk(str(tmp_path / "f.parquet"), [0], 5, 0, ["k"])
+    h = partials.key_hash(pa.table({"k": ["a", "b", "c"]}))
+    # pretend "b" and "c" collided with "a" in round 1: round 2 still counts only the real duplicate
+    keys = partials.keys_with_hashes(chunk, None, ["k"], h)
+    assert sorted(keys.column("k").to_pylist()) == ["a", "a", "b", "c"]
+    assert partials.count_duplicates(keys) == {"unexpected_count": 2, "examples": ["a"]}
+    assert partials.candidate_hashes(np.array([1, 2, 2], np.uint64), np.array([3, 1], np.uint64)).tolist() == [1, 2]
+    # the hash is stable and sees every byte
+    assert (
+        partials.hash_values(pa.array(["ab", "ba", "ab", ""])).tolist()[0]
+        == partials.hash_values(pa.array(["ab"])).tolist()[0]
+    )
+    assert len(set(partials.hash_values(pa.array(["ab", "ba", "", "a", "b"])).tolist())) == 5
