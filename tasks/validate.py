@@ -121,19 +121,23 @@ def _quarantine(ctx: StepContext, client: Any, outcome: engine.Outcome, crypto: 
     exps = engine.failing_row_level(outcome)
     lake = ctx.lake
     version, vdir = lake.new_version(QUARANTINE_STAGE, ctx.dataset, ctx.ds)
-    futs = [
-        client.submit(
-            quarantine_chunk,
-            c,
-            None,
-            exps,
-            lake.full_url(f"{vdir}/part-{c.chunk_id:05d}.parquet"),
-            f"v={version}/part-{c.chunk_id:05d}.parquet",
-            write_crypto=crypto,
-            pure=False,
-        )
-        for c in outcome.chunks
-    ]
+    futs = (
+        []
+        if not exps
+        else [
+            client.submit(
+                quarantine_chunk,
+                c,
+                None,
+                exps,
+                lake.full_url(f"{vdir}/part-{c.chunk_id:05d}.parquet"),
+                f"v={version}/part-{c.chunk_id:05d}.parquet",
+                write_crypto=crypto,
+                pure=False,
+            )
+            for c in outcome.chunks
+        ]
+    )
     entries = [e for e in client.gather(futs) if e is not None]
     m = lake.commit(
         Manifest(
@@ -240,11 +244,11 @@ def run_raw(ctx: StepContext) -> dict[str, Any]:
             meta={"dataset": ctx.dataset, "ds": ctx.ds, "run_id": ctx.run_id},
         )
         extra: dict[str, Any] = {}
-        failing_rows = engine.failing_row_level(outcome)
         table_fail = any(
             not ok and e["type"] not in engine.ROW_LEVEL for e, ok in zip(outcome.exps, outcome.successes, strict=True)
         )
-        if policy == "quarantine" and failing_rows and not table_fail:
+        if policy == "quarantine" and not table_fail:
+            # committed even when empty: a re-run must not leave an earlier run's quarantine behind
             extra["quarantine"] = _quarantine(ctx, client, outcome, ctx.crypto())
     return _finish(ctx, "raw", outcome, policy, fp, extra)
 

@@ -250,6 +250,10 @@ def test_quarantine_policy_moves_offending_rows(tmp_path, addr):
     row = q.slice(0, 1).to_pylist()[0]
     src = pq.read_table(row["_source_file"]).slice(row["_source_row"], 1).to_pylist()[0]
     assert src["event_id"] == row["event_id"] and str(src["price"]) == row["price"]
+    # a re-run on repaired data replaces the quarantine with an empty one: nothing stale is left
+    raw_day(tmp_path, rows=6_000)
+    assert run_raw(ctx)["quarantine"]["rows"] == 0
+    assert ctx.lake.require(QUARANTINE_STAGE, "events", DS).rows == 0
 
 
 def test_quarantine_policy_still_raises_on_schema_failure(tmp_path, addr):
