@@ -7,7 +7,10 @@ committed clean interval. The engine (``tasks.validation.engine``) merges per-ch
 results into one GX ``ExpectationSuiteValidationResult``; Data Docs go to
 ``<lake>/validation/<dataset>/ds=<ds>/<kind>/index.html``.
 
-Param ``gx_data_docs`` (default true): also render GX's own page (``gx.html``; ~1 s of Jinja).
+Data Docs: GX 1.x renders a page from a result object offline (``ValidationResultsPageRenderer``),
+but that page loads its CSS/JS from CDNs, so the page we link is our own self-contained
+``index.html``; Param ``gx_data_docs`` (default false) also writes GX's page as ``gx.html``
+(its Jinja rendering costs 0.5-1 s per run).
 
 Param ``validation_policy``:
 - ``fail`` (default): raise :class:`ValidationFailed` listing each failing expectation;
@@ -179,7 +182,7 @@ def _finish(
         {"validation_policy": policy},
         extra_files=extra_files,
         suite_extra=suite_extra,
-        gx_page=bool(ctx.param("gx_data_docs", True)),
+        gx_page=bool(ctx.param("gx_data_docs", False)),
     )
     return _apply_policy(summary)
 

@@ -114,7 +114,7 @@ def test_result_is_a_real_gx_object(tmp_path, addr):
 
 def test_data_docs_committed(tmp_path, addr):
     raw_day(tmp_path, rows=5_000)
-    ctx = context(tmp_path, DS, addr)
+    ctx = context(tmp_path, DS, addr, gx_data_docs=True)
     res = run_raw(ctx)
     m = ctx.lake.require("validation", "events", DS)  # signed manifest, verified on read
     assert {f.path for f in m.files} >= {"raw/index.html", "raw/result.json", "raw/gx.html"}

@@ -146,6 +146,8 @@ def test_validation_manifest_keeps_both_suites(tmp_path, addr):
     m = ctx.lake.require("validation", "events", D1)
     paths = {f.path for f in m.files}
     assert {"raw/index.html", "clean/index.html", "raw/result.json", "clean/result.json"} <= paths
+    assert "raw/gx.html" not in paths  # GX's CDN-styled page only with Param gx_data_docs
+    assert "gx.html" not in (tmp_path / "lake/validation/events/ds=2026-11-01/raw/index.html").read_text()
     assert set(m.extra["suites"]) == {"raw", "clean"}
 
 
