@@ -99,9 +99,14 @@ class AirflowStack:
     # ---- lifecycle -------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> str:
         """Run an `airflow` CLI command against this stack; returns stdout."""
-        proc = subprocess.run(
-            ["airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.home
-        )
+        for attempt in range(5):
+            proc = subprocess.run(
+                ["airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.home
+            )
+            # SQLite allows one writer: a CLI write racing the scheduler gets "database is locked"; retry it.
+            if proc.returncode == 0 or "database is locked" not in proc.stderr or attempt == 4:
+                break
+            time.sleep(2 + 2 * attempt)
         if check and proc.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return proc.stdout

@@ -57,7 +57,7 @@ def test_published_model_predicts_better_than_chance(pipeline_run):
 
     ctx = StepContext(dataset="events", ds=pipeline_run["ds"])
     pointer = json.loads(Path(ctx.artifacts_url, "models", "events", "latest.json").read_text())
-    url = pointer.get("artifact_url") or pointer["url"]
+    url = str(Path(ctx.artifacts_url, "models", "events", pointer["version"]))
     model = publish.load_published(url, ctx.keys)
     split = ctx.lake.require("split", "events", ctx.ds)
     stats = split.extra["feature_stats"]
@@ -74,7 +74,7 @@ def test_published_model_predicts_better_than_chance(pipeline_run):
 
 def test_no_key_material_in_logs_or_xcom(pipeline_run):
     from tasks import keyring
-    from tasks.crypto import key_material_fingerprints
+    from tasks.keyring import key_material_fingerprints
 
     ring = keyring.load(pipeline_run["env"]["LEPTONFLOW_KEYRING"], create=False)
     needles = key_material_fingerprints(ring)
