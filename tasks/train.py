@@ -441,7 +441,7 @@ class Trainer:
                                 prefetch_factor=4 if self.workers else None)
             net.train()
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            n_steps, samples, t0 = 0, 0, time.perf_counter()
+            n_steps, samples, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
             for x_num, x_cat, y in islice(loader, ds.leading_discard(), None):
                 if st["step_in_epoch"] >= steps:
                     break
@@ -464,7 +464,7 @@ class Trainer:
                              st["global_step"], loss.item())
                 if st["global_step"] % hp["checkpoint_every"] == 0 and st["step_in_epoch"] < steps:
                     self.checkpoint()
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0  # this rank's process, all threads
             total_loss, total_steps, total_samples = self._all_reduce([loss_sum.item(), n_steps, samples])
             (max_elapsed,) = self._all_reduce([elapsed], op="max")
             speed = total_samples / max(max_elapsed, 1e-9)
@@ -481,6 +481,7 @@ class Trainer:
             st["history"].append({
                 "epoch": epoch, "train_loss": total_loss / max(total_steps, 1), "val_loss": val_loss,
                 "val_metric": val_metric, "samples_per_s": speed, "steps": steps,
+                "rank0_samples_per_cpu_s": samples / max(cpu, 1e-9),
             })
             if self.rank == 0:
                 log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s, %.0f samples/s", epoch + 1,
