@@ -205,12 +205,23 @@ def run_polars(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     reason = pl.lit(None, pl.String)
     for r in reversed([r for r in reason_codes(spec) if r in checks]):
         reason = pl.when(checks[r].fill_null(False)).then(pl.lit(r)).otherwise(reason)
-    raw = [pl.col(c.name).cast(pl.String).alias(f"_raw_{c.name}") for c in spec.columns]
-    checked = lf.select([*norm, pl.col("_file"), pl.col("_row"), *raw]).with_columns(reason.alias("_reason"))
-    checked = checked.collect(engine="streaming")
-    valid = checked.filter(pl.col("_reason").is_null()).sort([*spec.dedupe_order, "_file", "_row"])
+    raw = [pl.col(f"_raw_{c.name}").alias(c.name) for c in spec.columns]
+    checked = lf.with_columns([pl.col(c.name).cast(pl.String).alias(f"_raw_{c.name}") for c in spec.columns]).select(
+        [*norm, pl.col("_file"), pl.col("_row"), *[pl.col(f"_raw_{c.name}") for c in spec.columns]]).with_columns(
+        reason.alias("_reason"))
+    # rejects straight from the raw scan (streaming, raw values as strings); valid rows without raw copies
+    checked.filter(pl.col("_reason").is_not_null()).select([*raw, "_reason", "_file", "_row"]).sink_parquet(
+        out / "polars_rejects.parquet", compression="zstd", engine="streaming")
+    valid = checked.filter(pl.col("_reason").is_null()).select(
+        [*[c.name for c in spec.columns], "_file", "_row"]).collect(engine="streaming")
+    rows_in = pl.concat([pl.scan_parquet(f).select(pl.len()) for f in files]).sum().collect().item()
+    valid = valid.sort([*spec.dedupe_order, "_file", "_row"])
     valid = valid.with_columns(pl.struct(list(spec.key)).is_first_distinct().alias("_first"))
+    dups = valid.filter(~pl.col("_first"))
+    dups.select([*[pl.col(c.name).cast(pl.String) for c in spec.columns], pl.lit("duplicate_key").alias("_reason"),
+                 "_file", "_row"]).write_parquet(out / "polars_duplicates.parquet", compression="zstd")
     survivors = valid.filter(pl.col("_first"))
+    del valid, dups
     repaired = []
     for c in spec.columns:
         e = pl.col(c.name)
@@ -237,15 +248,10 @@ def run_polars(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
                         for f in spec.features.numeric for q in (0.01, 0.25, 0.5, 0.75, 0.99)])
             for f in spec.features.categorical:
                 part.group_by(f).len()
-    dups = valid.filter(~pl.col("_first"))
-    rej_cols = [pl.col(f"_raw_{c.name}").alias(c.name) for c in spec.columns]
-    rejects = pl.concat([
-        checked.filter(pl.col("_reason").is_not_null()).select([*rej_cols, "_reason", "_file", "_row"]),
-        dups.select([*rej_cols, pl.lit("duplicate_key").alias("_reason"), "_file", "_row"]),
-    ])
-    rejects.write_parquet(out / "polars_quarantine.parquet", compression="zstd")
-    counts = rejects.group_by("_reason").len()
-    return {"rows_in": checked.height, "splits": splits,
+    counts = pl.concat([pl.scan_parquet(out / "polars_rejects.parquet").select("_reason"),
+                        pl.scan_parquet(out / "polars_duplicates.parquet").select("_reason")]).group_by(
+        "_reason").len().collect()
+    return {"rows_in": rows_in, "splits": splits,
             "rejected": dict(zip(counts["_reason"].to_list(), counts["len"].to_list(), strict=True))}
 
 
@@ -308,6 +314,10 @@ def _table(results: list[dict[str, Any]]) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         s = r.get("splits", {})
+        if "error" in r:
+            lines.append(f"| {r['gb']:g} GB | {r['engine']} | failed: {r['error'].splitlines()[0][-60:]} |"
+                         " | | | | | | |")
+            continue
         rejected = sum(r["rejected"].values()) if "rejected" in r else "-"
         lines.append(f"| {r['gb']:g} GB | {r['engine']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                      f"{r['peak_rss_bytes'] / 1e9:.2f} | {r['rows_in']:,} | {s.get('train', '-')} | "
@@ -322,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="/tmp/leptonflow-bench")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "clean_split"))
+    p.add_argument("--resume", action="store_true",
+                   help="reuse per-engine results saved in --workdir by an earlier invocation")
     p.add_argument("--engine", help=argparse.SUPPRESS)  # internal: run one engine in this process
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -347,10 +359,23 @@ def main(argv: list[str] | None = None) -> int:
             scratch.mkdir()
             for stage in ("clean", "quarantine", "split"):
                 shutil.rmtree(data / stage, ignore_errors=True)
+            saved = workdir / f"result-{engine}-{gb:g}gb.json"
+            if args.resume and saved.exists():  # a measurement of an earlier, interrupted invocation
+                results.append(json.loads(saved.read_text()))
+                log.info("size %.2f GB: %s measured earlier (%s)", gb, engine, saved)
+                continue
             log.info("size %.2f GB: running %s", gb, engine)
-            r = _measure([sys.executable, __file__, "--engine", engine, "--data", str(data), "--scratch",
-                          str(scratch)], env)
-            r.update({"engine": engine, "gb": gb, "raw_parquet_bytes": summary["bytes"], "rows": summary["rows"]})
+            try:
+                r = _measure([sys.executable, __file__, "--engine", engine, "--data", str(data), "--scratch",
+                              str(scratch)], env)
+            except RuntimeError as exc:  # e.g. killed for memory: record it, go on with the other engines
+                log.error("%s at %.2f GB failed: %s", engine, gb, str(exc)[:500])
+                r = {"error": str(exc)[:2000], "wall_s": float("nan"), "cpu_s": float("nan"), "peak_rss_bytes": 0,
+                     "rows_in": 0}
+            r.update({"engine": engine, "gb": gb, "raw_parquet_bytes": summary["bytes"], "rows": summary["rows"],
+                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "load_avg_after": os.getloadavg()[0]})
+            saved.write_text(json.dumps(r, default=int))
             log.info("%s", {k: v for k, v in r.items()})
             results.append(r)
             shutil.rmtree(scratch, ignore_errors=True)
@@ -373,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(results: list[dict[str, Any]], sizes: list[float]) -> dict[str, Any]:
-    by = {(r["gb"], r["engine"]): r for r in results}
-    checks: dict[str, Any] = {}
+    by = {(r["gb"], r["engine"]): r for r in results if "error" not in r}
+    checks: dict[str, Any] = {f"{r['gb']:g}GB {r['engine']} failed": r["error"].splitlines()[0][-200:]
+                              for r in results if "error" in r}
     same = True
     for gb in sizes:
         ref = by.get((gb, "leptonflow"))
