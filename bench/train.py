@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             k: round(v["median_epoch"] / contenders["bare_tensors"]["median_epoch"], 3) for k, v in contenders.items()},
         "data_path_only_samples_per_s": round(data_only, 1),
         "cpu_ratio_vs_bare": round(ratio, 3) if ratio is not None else None,
-        "target_ratio_vs_bare": 0.8, "meets_target": ratio is not None and ratio >= 0.8,
+        "target_ratio_vs_bare": 0.8, "meets_target_per_cpu_s": ratio is not None and ratio >= 0.8,
+        "meets_target_wall_clock": {k: v["median_epoch"] / contenders["bare_tensors"]["median_epoch"] >= 0.8
+                                    for k, v in contenders.items() if k.startswith("leptonflow")},
         "best_val_auc": res["best_val_metric"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "patience": 2,
     "seed": 42,
     "checkpoint_every": 200,  # steps
-    "train_workers": 1,  # DataLoader worker processes per rank
+    "train_workers": None,  # DataLoader worker processes per rank; None: 0 on CPU, up to 4 per GPU (auto_workers)
     "shuffle_rows": 65536,
     "log_every": 50,
 }
@@ -72,6 +72,8 @@ def hparams_from(ctx: Any) -> dict[str, Any]:
     hp = {k: v if ctx.param(k) is None else ctx.param(k) for k, v in DEFAULTS.items()}  # a None Param = default
     for k in ("epochs", "batch_size", "patience", "seed", "checkpoint_every", "train_workers", "shuffle_rows",
               "log_every"):
+        if k == "train_workers" and hp[k] is None:
+            continue
         try:
             hp[k] = int(hp[k])
         except (TypeError, ValueError):
@@ -81,7 +83,7 @@ def hparams_from(ctx: Any) -> dict[str, Any]:
     for k in ("epochs", "batch_size", "checkpoint_every", "log_every", "shuffle_rows"):
         if hp[k] < 1:
             raise TrainError(f"Param {k} must be >= 1, got {hp[k]}")
-    if hp["patience"] < 0 or hp["train_workers"] < 0 or hp["lr"] <= 0:
+    if hp["patience"] < 0 or (hp["train_workers"] or 0) < 0 or hp["lr"] <= 0:
         raise TrainError(f"Params patience/train_workers must be >= 0 and lr > 0, got {hp}")
     from tasks.model import parse_hidden
 
@@ -106,6 +108,18 @@ def placement(ctx: Any) -> tuple[int, str]:
     if nproc < 1:
         raise TrainError(f"nproc must be >= 1, got {nproc}")
     return nproc, device
+
+
+def auto_workers(device: str, nproc: int) -> int:
+    """DataLoader workers per rank when Param train_workers is unset.
+
+    CPU: 0. The rank's own threads already use the cores, and bench/train.py measured in-process
+    loading faster than a worker process on a small CPU host. GPU: the loop waits on the device, so
+    read + decrypt + transform run in workers on the cores one process per GPU leaves free (at most 4).
+    """
+    if device != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) // max(1, nproc) - 1))
 
 
 def checkpoint_url(lake: Lake, dataset: str, ds: str) -> str:
@@ -295,7 +309,8 @@ class Trainer:
         ctx = StepContext(dataset=cfg["dataset"], ds=cfg["ds"], lake_url=cfg["lake_url"], params=cfg["params"],
                           keyring_path=cfg["keyring_path"])
         self.crypto = ctx.crypto()  # rebuilt here from the keyring: no key material crossed the process boundary
-        self.workers = int(self.hp["train_workers"])
+        workers = self.hp["train_workers"]
+        self.workers = auto_workers(cfg["device"], world) if workers is None else int(workers)
         self.local_batch = max(1, self.hp["batch_size"] // world)
         torch.manual_seed(self.hp["seed"])  # identical initial weights on every rank
         self.model = build_model(self.stats, self.hp).to(self.device)

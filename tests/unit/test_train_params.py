@@ -7,7 +7,7 @@ import torch
 
 from tasks.context import StepContext
 from tasks.lake import ManifestError
-from tasks.train import DEFAULTS, TrainError, hparams_from, placement, run
+from tasks.train import DEFAULTS, TrainError, auto_workers, hparams_from, placement, run
 
 
 def ctx(params=None, plan=None) -> StepContext:
@@ -18,10 +18,16 @@ def ctx(params=None, plan=None) -> StepContext:
 def test_hparams_defaults_none_params_and_errors():
     hp = hparams_from(ctx({"epochs": 7, "hidden": 128, "lr": "0.01", "seed": None}))
     assert hp["epochs"] == 7 and hp["hidden"] == [128] and hp["lr"] == 0.01 and hp["seed"] == DEFAULTS["seed"]
+    assert hp["train_workers"] is None and hparams_from(ctx({"train_workers": "2"}))["train_workers"] == 2
     with pytest.raises(TrainError, match="Param batch_size must be an integer"):
         hparams_from(ctx({"batch_size": "big"}))
     with pytest.raises(TrainError, match="Param epochs must be >= 1"):
         hparams_from(ctx({"epochs": 0}))
+
+
+def test_auto_workers():
+    assert auto_workers("cpu", 1) == 0
+    assert 1 <= auto_workers("cuda", 8) <= auto_workers("cuda", 1) <= 4
 
 
 def test_placement_plan_then_param_then_default():
