@@ -53,7 +53,7 @@ def pipeline_params(spec: DatasetSpec) -> dict[str, Param]:
         "epochs": Param(3, type="integer", minimum=1, maximum=1000, section="Training",
                         description="Training epochs (early stopping may end sooner)."),
         "batch_size": Param(1024, type="integer", minimum=1, maximum=1_000_000, section="Training",
-                            description="Per-process batch size."),
+                            description="Global batch size (split over the training processes)."),
         "lr": Param(0.003, type="number", exclusiveMinimum=0, maximum=1, section="Training",
                     description="Learning rate (AdamW)."),
         "hidden": Param(128, type="integer", minimum=4, maximum=4096, section="Training",
