@@ -42,11 +42,8 @@ def _cell(v: Any) -> str:
     return html.escape(str(v))
 
 
-def render_html(
-    result: ExpectationSuiteValidationResult, title: str, summary: dict[str, Any], gx_page: bool = True
-) -> str:
-    """A self-contained HTML page with one row per expectation result."""
-    d = result.to_json_dict()
+def render_html(d: dict[str, Any], title: str, summary: dict[str, Any], gx_page: bool = True) -> str:
+    """A self-contained HTML page with one row per expectation result (`d`: the GX result as JSON)."""
     rows = []
     for r in d["results"]:
         cfg, res = r["expectation_config"], r.get("result") or {}
@@ -109,9 +106,10 @@ def publish(
     `gx_page=False` skips GX's own page (its Jinja rendering costs ~1 s per run).
     """
     idir = lake.interval_dir(STAGE, dataset, ds)
+    doc = result.to_json_dict()  # GX's serialization is slow-ish: once for both pages
     pages = {
-        "index.html": render_html(result, f"{dataset} {kind} validation ds={ds}", summary, gx_page).encode(),
-        "result.json": json.dumps(result.to_json_dict(), indent=1, default=str).encode(),
+        "index.html": render_html(doc, f"{dataset} {kind} validation ds={ds}", summary, gx_page).encode(),
+        "result.json": json.dumps(doc, indent=1, default=str).encode(),
     }
     gx_html = render_gx_html(result) if gx_page else None
     if gx_html is not None:

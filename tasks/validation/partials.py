@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -133,7 +133,11 @@ def _min_max_sum(col: pa.ChunkedArray) -> dict[str, Any]:
 def merge_observed(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
     if a is None:
         return dict(b)
-    out = {"count": a["count"] + b["count"], "sum": None if a["sum"] is None else a["sum"] + (b["sum"] or 0.0)}
+    # a mean needs every chunk's sum: one chunk settled by statistics (no sum) drops it
+    out = {
+        "count": a["count"] + b["count"],
+        "sum": None if a["sum"] is None or b["sum"] is None else a["sum"] + b["sum"],
+    }
     for k, f in (("min", min), ("max", max)):
         vals = [v for v in (a[k], b[k]) if v is not None]
         out[k] = f(vals) if vals else None
@@ -216,8 +220,16 @@ def _valid_keys(table: pa.Table, key_columns: list[str]) -> pa.Table:
     return keys.filter(valid)
 
 
-def profile_table(table: pa.Table, prof: Profile) -> dict[str, Any]:
-    out: dict[str, Any] = {"rows": table.num_rows, "hist": {}, "stats": {}, "cats": {}, "nulls": {}}
+def profile_table(
+    table: pa.Table, prof: Profile, known_nulls: dict[str, int] | None = None, rows: int | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "rows": table.num_rows if rows is None else rows,
+        "hist": {},
+        "stats": {},
+        "cats": {},
+        "nulls": dict(known_nulls or {}),
+    }
     names = set(table.column_names)
     for c, (lo, hi) in prof.numeric.items():
         if c not in names:
@@ -237,8 +249,88 @@ def profile_table(table: pa.Table, prof: Profile) -> dict[str, Any]:
             vc = pc.value_counts(pc.drop_null(table.column(c)))
             out["cats"][c] = dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
     for c in prof.nulls:
-        if c in names:
+        if c in names and c not in out["nulls"]:
             out["nulls"][c] = table.column(c).null_count
+    return out
+
+
+def _stat_ok(v: Any, bound: Any, strict: bool, low: bool) -> bool:
+    return (v > bound if strict else v >= bound) if low else (v < bound if strict else v <= bound)
+
+
+def _from_statistics(pf: Any, chunk: Chunk, e: dict[str, Any], arrow_type: pa.DataType) -> dict[str, Any] | None:
+    """Counts of a not-null or range rule proven from the chunk's row-group statistics alone, or None.
+
+    Null counts in Parquet statistics are exact, so not-null never needs the column. A range rule
+    is proven only when every row group's min/max lies inside the bounds, and only for int and
+    timestamp columns (float statistics leave NaN out). Anything unproven is read and counted.
+    """
+    md = pf.metadata
+    col = exp_columns(e)[0]
+    j = next((k for k in range(md.num_columns) if md.schema.column(k).path == col), None)
+    if j is None:
+        return None
+    nulls, lo_seen, hi_seen = 0, [], []
+    between = e["type"] == "expect_column_values_to_be_between"
+    for g in chunk.row_groups:
+        st = md.row_group(g).column(j).statistics
+        if st is None or not st.has_null_count:
+            return None
+        nulls += st.null_count
+        if between:
+            if not st.has_min_max:
+                return None
+            lo_seen.append(st.min)
+            hi_seen.append(st.max)
+    if e["type"] == "expect_column_values_to_not_be_null":
+        return {
+            "element_count": chunk.rows,
+            "missing_count": 0,
+            "unexpected_count": nulls,
+            "examples": [None] * min(nulls, MAX_EXAMPLES),
+        }
+    ts = pa.types.is_timestamp(arrow_type)
+    if not (ts or pa.types.is_integer(arrow_type)) or not lo_seen:
+        return None
+    kw = e["kwargs"]
+
+    def conv(v: Any) -> Any:
+        if ts:
+            dt = datetime.fromisoformat(v) if isinstance(v, str) else v
+            return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # naive raw timestamps are UTC
+        return float(v)
+
+    vmin, vmax = conv(min(lo_seen)), conv(max(hi_seen))
+    if kw.get("min_value") is not None and not _stat_ok(vmin, conv(kw["min_value"]), kw.get("strict_min"), True):
+        return None
+    if kw.get("max_value") is not None and not _stat_ok(vmax, conv(kw["max_value"]), kw.get("strict_max"), False):
+        return None
+    observed = {
+        "min": vmin if ts else min(lo_seen),
+        "max": vmax if ts else max(hi_seen),
+        "count": chunk.rows - nulls,
+        "sum": None,
+    }
+    return {
+        "element_count": chunk.rows,
+        "missing_count": nulls,
+        "unexpected_count": 0,
+        "examples": [],
+        "observed": observed,
+    }
+
+
+def _null_counts(pf: Any, chunk: Chunk, columns: list[str]) -> dict[str, int]:
+    """Exact null counts from row-group statistics, for the columns whose statistics have them."""
+    md = pf.metadata
+    index = {md.schema.column(k).path: k for k in range(md.num_columns)}
+    out = {}
+    for c in columns:
+        if c not in index:
+            continue
+        stats = [md.row_group(g).column(index[c]).statistics for g in chunk.row_groups]
+        if all(st is not None and st.has_null_count for st in stats):
+            out[c] = sum(st.null_count for st in stats)
     return out
 
 
@@ -249,20 +341,38 @@ def evaluate_chunk(
     profile: Profile,
     key_columns: list[str],
     n_buckets: int,
-) -> tuple[dict[str, Any], list[pa.Table]]:
-    """Partial results of one chunk, and its key values hash-partitioned into `n_buckets`."""
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Partial results of one chunk, and its key hashes hash-partitioned into `n_buckets`.
+
+    Rules the row-group statistics settle (see :func:`_from_statistics`) are counted without
+    reading their columns; the rest is read once, only the columns needed.
+    """
     present = set(chunk.columns)
-    wanted = {c for e in exps for c in exp_columns(e)} | profile.columns() | set(key_columns)
-    table = read_chunk(chunk, crypto, [c for c in chunk.columns if c in wanted])
-    part: dict[str, Any] = {"rows": table.num_rows, "exp": {}, "errors": {}}
+    pf = parquet_io.open_parquet(chunk.url, crypto)
+    schema = pf.schema_arrow
+    part: dict[str, Any] = {"rows": chunk.rows, "exp": {}, "errors": {}}
+    todo = []
     for e in exps:
-        i = e["i"]
         missing_cols = [c for c in exp_columns(e) if c not in present]
         if missing_cols:
-            part["errors"][i] = f"column {missing_cols[0]!r} not found in {chunk.url}"
+            part["errors"][e["i"]] = f"column {missing_cols[0]!r} not found in {chunk.url}"
             continue
         if e["type"] not in ROW_LEVEL:
             continue
+        proven = _from_statistics(pf, chunk, e, schema.field(exp_columns(e)[0]).type)
+        if proven is not None:
+            part["exp"][e["i"]] = proven
+        else:
+            todo.append(e)
+    known_nulls = _null_counts(pf, chunk, profile.nulls)
+    wanted = {c for e in todo for c in exp_columns(e)} | set(key_columns)
+    wanted |= set(profile.numeric) | set(profile.category) | (set(profile.nulls) - set(known_nulls))
+    try:
+        table = pf.read_row_groups(chunk.row_groups, columns=[c for c in chunk.columns if c in wanted])
+    except (OSError, pa.ArrowException) as exc:
+        raise parquet_io.ParquetReadError(f"{chunk.url}: row groups {chunk.row_groups}: {exc}") from exc
+    for e in todo:
+        i = e["i"]
         try:
             missing, unexpected = unexpected_mask(table, e)
         except (pa.ArrowException, ValueError, TypeError) as exc:
@@ -271,18 +381,18 @@ def evaluate_chunk(
             continue
         n_unexp = pc.sum(unexpected).as_py() or 0
         part["exp"][i] = {
-            "element_count": table.num_rows,
+            "element_count": chunk.rows,
             "missing_count": pc.sum(missing).as_py() or 0,
             "unexpected_count": n_unexp,
             "examples": _examples(table.column(exp_columns(e)[0]), unexpected) if n_unexp else [],
         }
         if e["type"] == "expect_column_values_to_be_between":
             part["exp"][i]["observed"] = _min_max_sum(table.column(exp_columns(e)[0]))
-    part["profile"] = profile_table(table, profile)
+    part["profile"] = profile_table(table, profile, known_nulls, chunk.rows)
     buckets: list[np.ndarray] = []
     if key_columns and all(k in present for k in key_columns):
         keys = _valid_keys(table, key_columns)
-        part["key_missing"] = table.num_rows - keys.num_rows
+        part["key_missing"] = chunk.rows - keys.num_rows
         # Uniqueness, round 1: only 64-bit key hashes travel, hash-partitioned into buckets.
         h = key_hash(keys)
         b = h % np.uint64(n_buckets)

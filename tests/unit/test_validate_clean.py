@@ -165,3 +165,28 @@ def test_drift_baseline_stored_profile_equals_recomputed(tmp_path, addr):
     again = run_clean(ctx2)
     assert again["drift"]["baseline"] == "recomputed"
     assert again["drift"]["columns"] == stored["drift"]["columns"] and stored["drift"]["failing"]
+
+
+def test_statistics_settle_int_and_timestamp_ranges_without_reading(tmp_path, addr):
+    import json
+
+    ctx = context(tmp_path, D1, addr)
+    t = clean_table(3_000, 1, D1)
+    commit_tables(ctx.lake, "clean", D1, [(t, "")], row_group_rows=500)
+    run_clean(ctx)
+    doc = json.loads((tmp_path / "lake/validation/events/ds=2026-11-01/clean/result.json").read_text())
+    between = {
+        r["expectation_config"]["kwargs"]["column"]: r["result"]
+        for r in doc["results"]
+        if r["expectation_config"]["type"] == "expect_column_values_to_be_between"
+    }
+    q = between["quantity"]  # int: proven from row-group min/max, so no sum and no mean
+    assert (q["details"]["observed_min"], q["details"]["observed_max"]) == (
+        pc.min(t.column("quantity")).as_py(),
+        pc.max(t.column("quantity")).as_py(),
+    )
+    assert q["details"]["observed_mean"] is None and q["unexpected_count"] == 0 and q["element_count"] == 3_000
+    p = between["price"]  # float: always read (statistics leave NaN out), so the mean is there
+    assert p["details"]["observed_mean"] == pytest.approx(pc.mean(t.column("price")).as_py())
+    ts = between["event_ts"]
+    assert ts["details"]["observed_min"] == pc.min(t.column("event_ts")).as_py().isoformat()

@@ -120,7 +120,7 @@ class ThreadCluster:
         from distributed import LocalCluster
 
         self.cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=":0"
         )
         return self.cluster.scheduler_address
 
