@@ -55,7 +55,9 @@ D1, D2 = "2026-11-01", "2026-11-02"
 class RssSampler:
     """Peak USS (memory unique to the process) of this process's children (the Dask workers), sampled in a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, only_new: bool = False) -> None:
+        # only_new: ignore processes that already run (the shared cluster's workers)
+        self.skip = {p.pid for p in psutil.Process().children(recursive=True)} if only_new else set()
         self.peak_sum = self.peak_one = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -65,6 +67,8 @@ class RssSampler:
         while not self._stop.is_set():
             rss = []
             for p in me.children(recursive=True):
+                if p.pid in self.skip:
+                    continue
                 try:
                     rss.append(p.memory_full_info().uss)  # unique pages: forked workers share the parent's
                 except psutil.Error:
@@ -83,8 +87,8 @@ class RssSampler:
         self._t.join()
 
 
-def timed(fn, ctx: StepContext) -> tuple[float, dict[str, Any], int]:
-    with RssSampler() as s:
+def timed(fn, ctx: StepContext, only_new: bool = False) -> tuple[float, dict[str, Any], int]:
+    with RssSampler(only_new) as s:
         t0 = time.perf_counter()
         out = fn(ctx)
         wall = time.perf_counter() - t0
@@ -177,7 +181,7 @@ def run_size(rows: int, repeats: int, encrypt: bool, workdir: Path, address: str
     cold.cluster = {"backend": "local"}
     cold.upstream = {"plan_clean": {"workers": 2, "threads_per_worker": 1, "memory_limit": 4 << 30}}
     for name, fn in (("validate_raw", run_raw), ("validate_clean", run_clean)):
-        wall, _, peak = timed(fn, cold)
+        wall, _, peak = timed(fn, cold, only_new=True)
         fresh[name] = {"peak_worker_rss": peak, "wall_s_with_cluster_start": round(wall, 3)}
     log.info("rows=%d validation on fresh local clusters: %s", rows, fresh)
     best = {k: min(x[k] for x in runs) for k in ("validate_raw_s", "clean_s", "split_s", "validate_clean_s")}
