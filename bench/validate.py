@@ -162,7 +162,7 @@ def run_size(rows: int, repeats: int, encrypt: bool, workdir: Path, address: str
         return {
             **{f"{k}_s": v for k, v in wall.items()},
             "overhead": (wall["validate_raw"] + wall["validate_clean"]) / (wall["clean"] + wall["split"]),
-            "peak_worker_rss_shared_cluster": mem,
+            "peak_worker_uss_shared_cluster": mem,
             "drift_baseline": outs["validate_clean"]["drift"]["baseline"],
             "validate_clean_failing": [
                 f["expectation"] + ":" + str(f["column"]) for f in outs["validate_clean"]["failing"]
@@ -182,7 +182,7 @@ def run_size(rows: int, repeats: int, encrypt: bool, workdir: Path, address: str
     cold.upstream = {"plan_clean": {"workers": 2, "threads_per_worker": 1, "memory_limit": 4 << 30}}
     for name, fn in (("validate_raw", run_raw), ("validate_clean", run_clean)):
         wall, _, peak = timed(fn, cold, only_new=True)
-        fresh[name] = {"peak_worker_rss": peak, "wall_s_with_cluster_start": round(wall, 3)}
+        fresh[name] = {"peak_worker_uss": peak, "wall_s_with_cluster_start": round(wall, 3)}
     log.info("rows=%d validation on fresh local clusters: %s", rows, fresh)
     best = {k: min(x[k] for x in runs) for k in ("validate_raw_s", "clean_s", "split_s", "validate_clean_s")}
     raw_files = [str(p) for p in sorted((lake / "raw" / "events" / f"ds={D2}").glob("*.parquet"))]
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     worst = max(s["overhead_best"] for s in sizes)
-    v_mem = [s["validation_fresh_cluster"]["validate_clean"]["peak_worker_rss"] for s in sizes]
+    v_mem = [s["validation_fresh_cluster"]["validate_clean"]["peak_worker_uss"] for s in sizes]
     out = {
         "bench": "validate",
         "command": "PYTHONPATH=. .venv/bin/python bench/validate.py " + " ".join(argv or sys.argv[1:]),
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_overhead": 0.20,
         "overhead_worst_size": worst,
         "target_met": worst <= 0.20,
-        "validate_clean_peak_worker_rss_growth": round(v_mem[-1] / v_mem[0], 3) if len(v_mem) > 1 else None,
+        "validate_clean_peak_worker_uss_growth": round(v_mem[-1] / v_mem[0], 3) if len(v_mem) > 1 else None,
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     hdr = (
@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"{s['rows_per_interval']:>9} {b['validate_raw_s']:>9.2f} {b['clean_s']:>8.2f} {b['split_s']:>8.2f} "
             f"{b['validate_clean_s']:>11.2f} {s['overhead_best']:>8.1%} "
-            f"{s['validation_fresh_cluster']['validate_raw']['peak_worker_rss'] / 2**20:>11.0f} "
-            f"{s['validation_fresh_cluster']['validate_clean']['peak_worker_rss'] / 2**20:>11.0f} "
+            f"{s['validation_fresh_cluster']['validate_raw']['peak_worker_uss'] / 2**20:>11.0f} "
+            f"{s['validation_fresh_cluster']['validate_clean']['peak_worker_uss'] / 2**20:>11.0f} "
             f"{s['gx_pandas_peer']['wall_s']:>11.2f}"
         )
     print("\n".join(lines))
