@@ -5,8 +5,12 @@ Commands:
       runs ``tasks.<step>.run(ctx)`` and prints its JSON result. Steps: validate_raw, clean,
       split, validate_clean, secure, plan_clean, plan_train, train, evaluate, compress, publish.
   pipeline --dataset D --ds YYYY-MM-DD   all steps in order (no Airflow).
-  <module> ARGS...   modules with their own CLI (``cli(argv)``): datagen, verify-artifact,
-      rotate-keys, ... (see each module's docstring).
+  <module> ARGS...   modules with their own CLI (``cli(argv)``):
+      datagen          synthetic events into the raw zone (--lake --dataset --start --days --rows/--gb --seed)
+      suites           regenerate the stored Great Expectations suites from the spec (--dataset)
+      rotate-keys      new master key; re-wrap data keys without rewriting data (--keyring [--lake --dataset])
+      verify-artifact  verify a published model's signature and checksums (URL)
+      report           what the lake holds for one interval (--dataset --ds [--html F] [--json])
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ ALIASES = {
     "rotate-keys": "tasks.crypto:rotate_cli",
     "pipeline": "tasks.steps:pipeline_cli",
     "report": "tasks.report:cli",
+    "suites": "tasks.validation.suites:cli",
 }
 
 
