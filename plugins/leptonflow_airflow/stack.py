@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--dataset", default="events")
     p.add_argument("--ds", help="interval to run (default: yesterday)")
-    p.add_argument("--rows", type=int, default=150_000, help="demo rows per day")
+    p.add_argument("--rows", type=int, default=100_000, help="demo rows per day")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
