@@ -532,9 +532,7 @@ def compress_and_commit(
     version, vdir = lake.new_version(STAGE, dataset, ds)
     entries = []
     for name, blob in files.items():
-        lake.fs.pipe_file(f"{vdir}/{name}", blob)
-        entries.append(FileEntry(path=f"v={version}/{name}", rows=0, bytes=len(blob),
-                                 sha256=hashlib.sha256(blob).hexdigest()))
+        entries.append(lake.put_bytes(vdir, version, name, blob))
     base = result.baseline
     serving_parity = next(p for p in parity if ("model.ts" if p.format == "torchscript" else "model.onnx")
                           == built.filename)

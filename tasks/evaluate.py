@@ -178,11 +178,6 @@ def _reliability_png(curve: list[dict[str, float]], ece: float) -> bytes:
     return buf.getvalue()
 
 
-def _put(lake: Lake, vdir: str, version: str, name: str, data: bytes) -> FileEntry:
-    lake.fs.pipe_file(f"{vdir}/{name}", data)
-    return FileEntry(path=f"v={version}/{name}", rows=0, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-
-
 def run(ctx: Any) -> dict[str, Any]:
     lake: Lake = ctx.lake
     model_m = lake.require("model", ctx.dataset, ctx.ds)
@@ -208,12 +203,12 @@ def run(ctx: Any) -> dict[str, Any]:
         files = []
         if task == "classification":
             metrics = classification_metrics(y, p, params["bins"])
-            files.append(_put(lake, vdir, version, "reliability.png", _reliability_png(metrics["reliability"],
+            files.append(lake.put_bytes(vdir, version, "reliability.png", _reliability_png(metrics["reliability"],
                                                                                       metrics["ece"])))
         else:
             metrics = regression_metrics(y, p)
         metrics["task"] = task
-        files.append(_put(lake, vdir, version, "metrics.json", json.dumps(metrics, indent=1).encode()))
+        files.append(lake.put_bytes(vdir, version, "metrics.json", json.dumps(metrics, indent=1).encode()))
         manifest = lake.commit(Manifest(
             stage="evaluation", dataset=ctx.dataset, ds=ctx.ds, version=version, files=files,
             input_fingerprint=input_fp, code_version=code, params=params,

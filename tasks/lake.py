@@ -201,6 +201,13 @@ class Lake:
                 removed.append(version)
         return removed
 
+    def put_bytes(self, vdir: str, version: str, name: str, data: bytes, group: str = "") -> FileEntry:
+        """Write a small non-table file (JSON, PNG, model weights) into a version folder."""
+        self.fs.pipe_file(f"{vdir}/{name}", data)
+        return FileEntry(
+            path=f"v={version}/{name}", rows=0, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), group=group
+        )
+
     def discard(self, stage: str, dataset: str, ds: str, version: str) -> None:
         vdir = f"{self.interval_dir(stage, dataset, ds)}/v={version}"
         if self.fs.exists(vdir):

@@ -196,11 +196,6 @@ def _curves_png(history: list[dict[str, Any]], metric: str) -> bytes:
     return buf.getvalue()
 
 
-def _put(lake: Lake, vdir: str, version: str, name: str, data: bytes) -> FileEntry:
-    lake.fs.pipe_file(f"{vdir}/{name}", data)
-    return FileEntry(path=f"v={version}/{name}", rows=0, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-
-
 def run(ctx: Any) -> dict[str, Any]:
     from tasks.checkpoint import CheckpointStore
     from tasks.evaluate import primary_metric
@@ -256,11 +251,11 @@ def run(ctx: Any) -> dict[str, Any]:
             "feature_stats_ref": {"stage": "split", "version": split.version, "digest": split.digest()},
             "spec_fingerprint": ctx.spec.fingerprint(), "code_version": code,
         }
-        files.append(_put(lake, vdir, version, "model_config.json", json.dumps(model_config, indent=1).encode()))
-        files.append(_put(lake, vdir, version, "metrics.json", json.dumps(
+        files.append(lake.put_bytes(vdir, version, "model_config.json", json.dumps(model_config, indent=1).encode()))
+        files.append(lake.put_bytes(vdir, version, "metrics.json", json.dumps(
             {k: result[k] for k in ("history", "best_val_metric", "best_epoch", "metric", "stopped_early")},
             indent=1).encode()))
-        files.append(_put(lake, vdir, version, "curves.png", _curves_png(result["history"], metric_name)))
+        files.append(lake.put_bytes(vdir, version, "curves.png", _curves_png(result["history"], metric_name)))
         out = {
             "epochs_run": len(result["history"]), "best_val_metric": result["best_val_metric"],
             "metric": metric_name, "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
