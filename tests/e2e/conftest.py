@@ -4,6 +4,8 @@ triggerer, api-server on loopback) shared by the end-to-end tests of this folder
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 
 import pytest
@@ -21,13 +23,31 @@ def day(offset: int) -> str:
     return (date.today() - timedelta(days=offset)).isoformat()
 
 
+@contextmanager
+def leptonflow_env(stack: AirflowStack) -> Iterator[dict[str, str]]:
+    """This process sees the stack's lake, keyring and history DB (as its tasks do), then its own again."""
+    env = {k: v for k, v in stack.env.items() if k.startswith("LEPTONFLOW_")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def airflow_stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     stack = AirflowStack(home=base / "airflow", lf_home=base / "lf")
-    env = {k: v for k, v in stack.env.items() if k.startswith("LEPTONFLOW_")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    with leptonflow_env(stack) as env:
+        yield from _running(stack, env)
+
+
+def _running(stack: AirflowStack, env: dict[str, str]) -> Iterator[AirflowStack]:
     spec = spec_for("events")
     datagen.generate(env["LEPTONFLOW_LAKE"], spec, day(1), 1, 40_000, seed=11)  # the scheduled run's interval
     datagen.generate(env["LEPTONFLOW_LAKE"], spec, day(8), 6, 8_000, seed=12)  # days 8..3 ago: backfills, UI
@@ -39,11 +59,6 @@ def airflow_stack(tmp_path_factory):
         yield stack
     finally:
         stack.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

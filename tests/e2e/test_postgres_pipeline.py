@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import date, timedelta
 
 import pytest
@@ -12,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from tasks import datagen
 from tasks.spec import spec_for
-from tests.e2e.conftest import DAG_ID, FAST, failed_logs
+from tests.e2e.conftest import DAG_ID, FAST, failed_logs, leptonflow_env
 from tests.postgres_server import pg_bin, start_postgres
 
 pytestmark = pytest.mark.slow
@@ -29,11 +28,13 @@ def pg_url(tmp_path_factory):
 
 def test_pipeline_on_postgres(tmp_path, pg_url):
     stack = AirflowStack(home=tmp_path / "airflow", lf_home=tmp_path / "lf", db_url=pg_url, history_url=pg_url)
-    env = {k: v for k, v in stack.env.items() if k.startswith("LEPTONFLOW_")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     ds = (date.today() - timedelta(days=10)).isoformat()
-    datagen.generate(env["LEPTONFLOW_LAKE"], spec_for("events"), ds, 1, 8_000, seed=21)
+    with leptonflow_env(stack) as env:
+        datagen.generate(env["LEPTONFLOW_LAKE"], spec_for("events"), ds, 1, 8_000, seed=21)
+        _run_one(stack, ds, pg_url)
+
+
+def _run_one(stack: AirflowStack, ds: str, pg_url: str) -> None:
     try:
         stack.init()
         stack.start()
@@ -45,11 +46,6 @@ def test_pipeline_on_postgres(tmp_path, pg_url):
         assert state == "success", failed_logs(stack, run_id, states)
     finally:
         stack.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     engine = create_engine(pg_url)
     with engine.connect() as conn:
         # Airflow's own tables and our history live in PostgreSQL
