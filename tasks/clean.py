@@ -533,7 +533,7 @@ def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, lis
             sampler.last_log = now
             log.info("clean progress: map %d/%d, dedupe %d/%d (%.0fs)", sum(f.done() for f in metas), len(metas),
                      sum(f.done() for f in reduces), len(reduces), now - t0)
-        if finished or any(f.status == "error" for f in pending):
+        if finished or any(f.status in ("error", "cancelled") for f in pending):  # gather raises it
             break
     return client.gather(metas), client.gather(reduces), sampler
 

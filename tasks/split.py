@@ -143,7 +143,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                     pass
                 done = sum(f.done() for f in futs)
                 log.info("split progress: %d/%d files (%.0fs)", done, len(futs), time.monotonic() - t0)
-                if any(f.status == "error" for f in futs):
+                if any(f.status in ("error", "cancelled") for f in futs):
                     break
             outs = client.gather([client.submit(_meta, f, key=f"split-meta-{version}-{i}") for i, f in enumerate(futs)])
             with_train = [client.submit(_state, f, key=f"split-state-{version}-{i}")

@@ -120,13 +120,27 @@ def test_worker_killed_mid_clean_gives_identical_output_with_bounded_memory(clus
     r = box["result"]
     assert r["workers"] == 2 and r["accounting"]["rows_in"] == ROWS
 
-    # the same interval on the embedded local backend (another cluster, another size)
-    local = _ctx(lake, {"backend": "local"}, rerun="local")
-    r_local = clean.run(local)
-    assert r_local["cache_hit"] is False
+    addr_clean, addr_quarantine = _digests(ctx, "clean"), _digests(ctx, "quarantine")
+    assert addr_clean and addr_quarantine
+
+    # the same interval on the embedded local backend (another cluster, another size), from a fresh process
+    # as an Airflow task runs it: `python -m tasks clean`
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LEPTONFLOW_KEYRING": ctx.keyring_path,
+           "LEPTONFLOW_HOME": str(lake.parent / "lfhome"),
+           "LEPTONFLOW_HISTORY_URL": f"sqlite:///{lake.parent / 'history.sqlite'}"}
+    env.pop("LEPTONFLOW_KEYRING_JSON", None)
+    cmd = [sys.executable, "-m", "tasks", "clean", "--dataset", "events", "--ds", DS, "--lake", str(lake),
+           "--cluster", json.dumps({"backend": "local"}), "--param", "encrypt=false", "--param", "partitions=4",
+           "--param", "chunk_rows=12000", "--param", "rerun=local"]
+    out = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r_local = json.loads(out.stdout[out.stdout.index("{"):])
+    assert r_local["cache_hit"] is False and r_local["clean_version"] != r["clean_version"]
     assert r_local["accounting"] == r["accounting"]
-    assert _digests(local, "clean") == _digests(ctx, "clean") != {}
-    assert _digests(local, "quarantine") == _digests(ctx, "quarantine")
+    now = _ctx(lake, {"backend": "local"})
+    assert now.lake.require("clean", "events", DS).version == r_local["clean_version"]
+    assert _digests(now, "clean") == addr_clean
+    assert _digests(now, "quarantine") == addr_quarantine
 
     # memory: the managed-memory budget was far below the data, so workers spilled instead of growing
     assert r["spilled_bytes"] > 0
