@@ -34,6 +34,10 @@ def pipeline_params(spec: DatasetSpec) -> dict[str, Param]:
             True, type="boolean", section="Security",
             description="Parquet Modular Encryption of clean, quarantine and split files (PII under its own key).",
         ),
+        "anomaly_check": Param(
+            True, type="boolean", section="Security",
+            description="Score clean rows with an IsolationForest fitted on earlier intervals; quarantine outliers.",
+        ),
         "anomaly_policy": Param(
             "warn", type="string", enum=["fail", "warn"], section="Security",
             description="When the interval's anomaly rate exceeds anomaly_max_rate.",

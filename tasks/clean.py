@@ -53,7 +53,8 @@ TARGET_FILE_BYTES = 128 << 20  # output files aim at ~128 MB
 CHUNK_ROWS = 1 << 20  # rows per map task (whole row groups)
 # Params that change the output (the cache key): DAG-wide Params of other steps must not invalidate clean.
 # ``rerun`` is a free tag: a new value forces a recompute.
-CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun")
+CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun", "anomaly_check",
+                "anomaly_contamination", "anomaly_max_rate", "anomaly_policy", "anomaly_history_intervals")
 SRC_FILE, SRC_ROW = "_src_file", "_src_row"
 Q_REASON, Q_FILE, Q_ROW = "_reason", "_source_file", "_source_row"
 _INT_RE = r"^[+-]?[0-9]{1,18}$"
@@ -277,6 +278,7 @@ class Job:
     quarantine_version: str
     crypto: Any = None
     files: tuple[str, ...] = ()  # lake-relative raw file paths, by file index
+    anomaly: Any = None  # tasks.anomaly.AnomalyModel fitted on earlier intervals (None: no history yet)
 
 
 def _read_chunk(chunk: Chunk) -> pa.Table:
@@ -407,7 +409,8 @@ def dedupe_bucket(j: int, job: Job, *parts: pa.Table) -> dict[str, Any]:
     spec = job.spec
     table = pa.concat_tables(parts).combine_chunks() if parts else pa.table({})
     n = table.num_rows
-    out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "clean": None, "quarantine": None}
+    out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "anomalies": 0, "clean": None,
+                           "quarantine": None, "anomaly_quarantine": None}
     if n == 0:
         return out
     # Parts arrive in chunk order and each is in source order, so the table is in (source file, row) order.
@@ -429,6 +432,21 @@ def dedupe_bucket(j: int, job: Job, *parts: pa.Table) -> dict[str, Any]:
         out["quarantine"] = write_table(f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
                                         f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
         out["duplicates"] = len(losers)
+    if job.anomaly is not None:
+        # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
+        from tasks import anomaly
+
+        survivors, flagged = anomaly.split_table(survivors, job.anomaly)
+        if flagged.num_rows:
+            q = {c.name: flagged.column(c.name).combine_chunks().cast(pa.string()) for c in spec.columns}
+            q[Q_REASON] = pa.array([anomaly.REASON] * flagged.num_rows, pa.string())
+            q[Q_FILE] = pc.take(pa.array(job.files, pa.string()), flagged.column(SRC_FILE).combine_chunks())
+            q[Q_ROW] = flagged.column(SRC_ROW).combine_chunks()
+            rel = f"anomalies-{j:05d}.parquet"
+            out["anomaly_quarantine"] = write_table(
+                f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
+                f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
+            out["anomalies"] = flagged.num_rows
     clean = survivors.drop_columns([SRC_FILE, SRC_ROW]).combine_chunks()
     if clean.num_rows:
         rel = f"part-{j:05d}.parquet"
@@ -547,7 +565,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     start_us = int(ctx.interval_start.timestamp() * 1_000_000)
     end_us = int(ctx.interval_end.timestamp() * 1_000_000)
     params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
-    fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us)
+    fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us, _anomaly_history(ctx))
     code = code_version("clean", "parquet_io")
     hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)
     if hit is not None and lake.cache_hit("quarantine", ctx.dataset, ctx.ds, fp, code, params) is not None:
@@ -558,11 +576,12 @@ def run(ctx: StepContext) -> dict[str, Any]:
     n_buckets = int(ctx.param("partitions", 0)) or max(
         1, math.ceil(total_bytes / int(ctx.param("target_file_bytes", TARGET_FILE_BYTES))))
     crypto = ctx.crypto()
+    model = _anomaly_model(ctx)
     cver, cdir = lake.new_version("clean", ctx.dataset, ctx.ds)
     qver, qdir = lake.new_version("quarantine", ctx.dataset, ctx.ds)
     files_rel = tuple(_rel(lake, p) for p in files)
     job = Job(spec, start_us, end_us, n_buckets, lake.full_url(cdir), lake.full_url(qdir), cver, qver, crypto,
-              files_rel)
+              files_rel, model)
     log.info("clean %s ds=%s: %d files, %d rows, %.1f MB -> %d map tasks, %d dedupe buckets",
              ctx.dataset, ctx.ds, len(files), total_rows, total_bytes / 1e6, len(chunks), n_buckets)
     try:
@@ -582,6 +601,15 @@ def run(ctx: StepContext) -> dict[str, Any]:
         dups = sum(r["duplicates"] for r in reduces)
         if dups:
             rejected["duplicate_key"] = dups
+        anomalies = sum(r["anomalies"] for r in reduces)
+        anomaly_result = None
+        if model is not None:
+            from tasks import anomaly
+
+            rejected[anomaly.REASON] = anomalies
+            # rate over the rows the model scored; policy fail raises here, before anything is committed
+            anomaly_result = anomaly.judge(ctx, sum(r["rows"] for r in reduces) + anomalies, anomalies)
+            anomaly_result["history_intervals"] = model.history_intervals
         rows_in = sum(m["rows_in"] for m in metas)
         rows_clean = sum(r["rows"] for r in reduces)
         rows_rejected = sum(rejected.values())
@@ -591,6 +619,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         clean_files = [r["clean"] for r in reduces if r["clean"] is not None]
         q_files = [m["quarantine"] for m in metas if m["quarantine"] is not None]
         q_files += [r["quarantine"] for r in reduces if r["quarantine"] is not None]
+        q_files += [r["anomaly_quarantine"] for r in reduces if r["anomaly_quarantine"] is not None]
         accounting = {
             "rows_in": rows_in, "rows_clean": rows_clean, "rows_rejected": rows_rejected,
             "rejected_by_reason": dict(sorted(rejected.items())), "repaired_by_rule": dict(sorted(repaired.items())),
@@ -609,8 +638,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
         common = {"input_fingerprint": fp, "code_version": code, "params": params}
         lake.commit(Manifest("quarantine", ctx.dataset, ctx.ds, qver, files=_sorted(q_files), **common,
                              extra={"accounting": accounting, "reasons": reason_codes(spec)}))
-        lake.commit(Manifest("clean", ctx.dataset, ctx.ds, cver, files=_sorted(clean_files), **common,
-                             extra={"accounting": accounting, "result": result, "schema": spec.arrow_schema().names}))
+        extra = {"accounting": accounting, "result": result, "schema": spec.arrow_schema().names}
+        if anomaly_result is not None:
+            extra["anomaly"] = anomaly_result
+        lake.commit(Manifest("clean", ctx.dataset, ctx.ds, cver, files=_sorted(clean_files), **common, extra=extra))
     except BaseException:
         lake.discard("clean", ctx.dataset, ctx.ds, cver)
         lake.discard("quarantine", ctx.dataset, ctx.ds, qver)
@@ -618,6 +649,26 @@ def run(ctx: StepContext) -> dict[str, Any]:
     log.info("clean %s ds=%s: %d in -> %d clean + %d rejected %s", ctx.dataset, ctx.ds, rows_in, rows_clean,
              rows_rejected, accounting["rejected_by_reason"])
     return {"cache_hit": False, **result}
+
+
+def _anomaly_history(ctx: StepContext) -> list[tuple[str, str]]:
+    """The committed earlier intervals the anomaly model learns from: part of the input fingerprint."""
+    if not ctx.param("anomaly_check", True):
+        return []
+    from tasks.anomaly import DEFAULTS
+
+    n = int(ctx.param("anomaly_history_intervals", DEFAULTS["anomaly_history_intervals"]))
+    earlier = [d for d in ctx.lake.intervals("clean", ctx.dataset) if d < ctx.ds][-n:]
+    return [(d, ctx.lake.require("clean", ctx.dataset, d).version) for d in earlier]
+
+
+def _anomaly_model(ctx: StepContext) -> Any:
+    """IsolationForest fitted on earlier committed intervals, unless Param `anomaly_check` is off."""
+    if not ctx.param("anomaly_check", True):
+        return None
+    from tasks import anomaly  # lazy: scikit-learn only when there is history to fit
+
+    return anomaly.fit_for_context(ctx)
 
 
 def _sorted(entries: list[FileEntry]) -> list[FileEntry]:

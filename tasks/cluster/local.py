@@ -26,6 +26,7 @@ def connect(config: dict[str, Any], plan: ClusterPlan) -> Iterator[Client]:
             dashboard_address=config.get("dashboard_address", ":0"),
             local_directory=config.get("local_directory") or tempfile.gettempdir(),
             host="127.0.0.1",
+            protocol="tcp",  # also for processes=False (in-process workers default to inproc://)
         )
         try:
             with Client(cluster) as client:
