@@ -87,3 +87,16 @@ def test_no_key_material_in_logs_or_xcom(pipeline_run):
     assert texts
     for needle in needles:
         assert not any(needle in t for t in texts), "key material leaked into a log or XCom"
+
+
+def test_publish_emitted_an_asset_event(pipeline_run):
+    """Downstream DAGs can be scheduled on new models: publish's outlet produced an Asset event."""
+    db = sqlite3.connect(pipeline_run["stack"].home / "airflow.db")
+    rows = db.execute(
+        "select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ?",
+        ("leptonflow_model_events",),
+    ).fetchall()
+    db.close()
+    assert rows, "no Asset event for leptonflow_model_events"
+    extra = json.loads(rows[-1][1]) if isinstance(rows[-1][1], str) else rows[-1][1]
+    assert extra.get("verified") is True and extra.get("artifact_url")

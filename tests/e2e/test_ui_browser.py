@@ -88,6 +88,12 @@ def test_trigger_from_form_with_non_default_params(page, airflow_stack, schedule
     assert "rows in" in text and "balanced: True" in text
     assert page.locator("img").count() >= 2  # training curves, calibration, compression plots
     page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
+    # Data Docs of the validation, served from the lake through the plugin
+    page.get_by_role("link", name="Data Docs: raw/index.html").click()
+    page.wait_for_load_state("networkidle")
+    docs = page.inner_text("body")
+    assert "expect_" in docs and "events.raw" in docs
+    page.screenshot(path=str(SHOTS / "data-docs.png"), full_page=True)
 
 
 def test_form_refuses_bad_value(page, airflow_stack):
