@@ -1,0 +1,51 @@
+"""`make airflow` (stack up): the UI answers on loopback, and Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+from leptonflow_airflow.stack import free_port
+
+from tests.conftest import REPO
+
+
+def test_up_serves_ui_and_ctrl_c_stops_everything(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=f"{REPO}:{REPO / 'plugins'}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leptonflow_airflow.stack", "up", "--port", str(port),
+         "--airflow-home", str(tmp_path / "af"), "--home", str(tmp_path / "lf")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "api-server never answered"
+            time.sleep(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/leptonflow/", timeout=30) as r:
+            assert "leptonflow runs" in r.read().decode()  # the plugin's report app is mounted
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 4  # api-server, scheduler, dag-processor, triggerer (and their children)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "login: user admin" in out
+        time.sleep(1)
+        alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
