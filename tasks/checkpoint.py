@@ -27,12 +27,12 @@ import hashlib
 import io
 import json
 import logging
-import os
-import uuid
 from typing import Any
 
 import fsspec
 import torch
+
+from tasks.lake import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,7 @@ class CheckpointStore:
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         self.fs.makedirs(self.path, exist_ok=True)
-        target = self._p(name)
-        if self.local:
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        else:
-            self.fs.pipe_file(target, data)
+        write_atomic(self.fs, self._p(name), data, self.local)
 
     def _index(self) -> dict[str, Any] | None:
         path = self._p(LATEST)

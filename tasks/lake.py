@@ -92,6 +92,20 @@ Signer = Callable[[bytes], str]
 Verifier = Callable[[bytes, str], bool]
 
 
+def write_atomic(fs: Any, path: str, data: bytes, local: bool) -> None:
+    """Replace `path` with `data` in one step: temp file + os.replace locally, a single PUT on object stores."""
+    if local:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # atomic on POSIX
+    else:
+        fs.pipe_file(path, data)  # readers see the old or the new object, never a part
+
+
 def code_version(*modules: str) -> str:
     """Hash of the source of the named ``tasks`` modules (plus spec and lake).
 
@@ -156,15 +170,7 @@ class Lake:
         return version, vdir
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        if self.local:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)  # atomic on POSIX
-        else:
-            self.fs.pipe_file(path, data)  # a single PUT: atomic on object stores
+        write_atomic(self.fs, path, data, self.local)
 
     def commit(self, manifest: Manifest) -> Manifest:
         """Publish `manifest` as the interval's output and delete the superseded version."""

@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ import fsspec
 
 from tasks import signing
 from tasks.keyring import Keyring
-from tasks.lake import TASKS_DIR, Lake, Manifest, ManifestError, code_version, fingerprint
+from tasks.lake import TASKS_DIR, Lake, Manifest, ManifestError, code_version, fingerprint, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +91,7 @@ class Store:
         return path if self.local else self.fs.unstrip_protocol(path)
 
     def write_atomic(self, path: str, data: bytes) -> None:
-        if self.local:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)  # one PUT: readers see the old or the new object
+        write_atomic(self.fs, path, data, self.local)
 
     def read(self, path: str) -> bytes:
         try:
