@@ -49,6 +49,20 @@ def _wait_runs(stack, days: list[str], timeout: float = 1200, attempt: int = 1) 
     raise TimeoutError(f"runs for {days} did not finish: {_runs_for(stack, days)}")
 
 
+def _backfill(stack, *args: str, timeout: float = 300) -> None:
+    """`airflow backfill create`, waiting while the scheduler has not yet closed an earlier backfill
+    (its runs can all be done while the Backfill row is still marked running)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            stack.cli("backfill", "create", "--dag-id", DAG_ID, *args)
+            return
+        except RuntimeError as exc:
+            if "AlreadyRunningBackfill" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(5)
+
+
 def _interval_facts(ds: str) -> dict:
     """What the lake holds for one interval, verified (signatures, sha256) on the way."""
     ctx = StepContext(dataset="events", ds=ds, params={"encrypt": True})
@@ -68,8 +82,8 @@ def _interval_facts(ds: str) -> dict:
 
 @pytest.fixture(scope="module")
 def backfilled(airflow_stack, scheduled_run):
-    airflow_stack.cli(
-        "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DAYS[0], "--to-date", BACKFILL_DAYS[-1],
+    _backfill(
+        airflow_stack, "--from-date", BACKFILL_DAYS[0], "--to-date", BACKFILL_DAYS[-1],
         "--max-active-runs", "2", "--dag-run-conf", json.dumps(BACKFILL_CONF),
     )
     runs = _wait_runs(airflow_stack, BACKFILL_DAYS)
@@ -89,8 +103,8 @@ def test_backfill_produces_each_interval(airflow_stack, backfilled):
 
 
 def test_reprocess_completed_replaces_cleanly(airflow_stack, backfilled):
-    airflow_stack.cli(
-        "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DAYS[0], "--to-date", BACKFILL_DAYS[-1],
+    _backfill(
+        airflow_stack, "--from-date", BACKFILL_DAYS[0], "--to-date", BACKFILL_DAYS[-1],
         "--max-active-runs", "2", "--reprocess-behavior", "completed",
         "--dag-run-conf", json.dumps(BACKFILL_CONF),
     )
