@@ -394,13 +394,6 @@ def plot_png(result: SearchResult) -> bytes:
 
 
 # ---- the pipeline step -----------------------------------------------------------------
-def _entry_named(manifest: Manifest, basename: str) -> FileEntry:
-    for f in manifest.files:
-        if f.path.rsplit("/", 1)[-1] == basename:
-            return f
-    raise ManifestError(f"{manifest.stage} manifest of {manifest.dataset} ds={manifest.ds} lists no {basename}")
-
-
 def read_verified(lake: Lake, manifest: Manifest, entry: FileEntry) -> bytes:
     """A manifest-listed file's bytes after checking its sha256 against the manifest."""
     path = lake.abspath(manifest, entry)
@@ -415,9 +408,9 @@ def load_trained_model(lake: Lake, model_m: Manifest, stats: dict[str, Any]) -> 
     """The trained model of a `model` manifest: sha256-checked, weights-only (no pickle) loading."""
     from tasks.model import build_model
 
-    cfg = json.loads(read_verified(lake, model_m, _entry_named(model_m, "model_config.json")))
+    cfg = json.loads(read_verified(lake, model_m, model_m.entry("model_config.json")))
     hparams = cfg.get("hparams", cfg)
-    state = torch.load(io.BytesIO(read_verified(lake, model_m, _entry_named(model_m, "model.pt"))),
+    state = torch.load(io.BytesIO(read_verified(lake, model_m, model_m.entry("model.pt"))),
                        map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from tasks.lake import FileEntry, Lake, Manifest, ManifestError, code_version
+from tasks.lake import Lake, Manifest, ManifestError, code_version
 from tasks.model import build_model, to_prediction
 from tasks.stream import StreamDataset
 
@@ -128,16 +128,9 @@ def predict(model: nn.Module, stats: dict[str, Any], table: pa.Table, batch_size
 
 
 # ---- loading the committed model --------------------------------------------------------------
-def entry_named(manifest: Manifest, name: str) -> FileEntry:
-    for e in manifest.files:
-        if e.path.rsplit("/", 1)[-1] == name:
-            return e
-    raise ManifestError(f"{manifest.stage}/{manifest.dataset} ds={manifest.ds}: manifest lists no {name}")
-
-
 def read_verified(lake: Lake, manifest: Manifest, name: str) -> bytes:
     """A manifest-listed file's bytes, refused unless its sha256 matches the manifest."""
-    entry = entry_named(manifest, name)
+    entry = manifest.entry(name)
     path = lake.abspath(manifest, entry)
     data = lake.fs.cat_file(path)
     digest = hashlib.sha256(data).hexdigest()

@@ -84,6 +84,13 @@ class Manifest:
     def group_files(self, group: str | None = None) -> list[FileEntry]:
         return [f for f in self.files if group is None or f.group == group]
 
+    def entry(self, basename: str) -> FileEntry:
+        """The listed file whose name (last path part) is `basename`."""
+        for f in self.files:
+            if f.path.rsplit("/", 1)[-1] == basename:
+                return f
+        raise ManifestError(f"{self.stage} manifest of {self.dataset} ds={self.ds} lists no {basename}")
+
     def rows_in(self, group: str) -> int:
         return sum(f.rows for f in self.files if f.group == group)
 
