@@ -6,7 +6,8 @@ Three models, each small enough to fit on a handful of runs:
   Amdahl-style model (fixed overhead, parallel work, serial work, per-worker coordination),
   fitted by ``LinearRegression(positive=True)`` weighted by ``1/wall^2`` so it minimises
   *relative* error. Non-negative coefficients keep it monotone and sane when extrapolating
-  to cluster sizes never tried. The upper bound multiplies by a quantile of the
+  to cluster sizes never tried. Terms the history cannot identify yet are left out (see
+  ``Forecaster``). The upper bound multiplies by a quantile of the
   leave-one-out actual/predicted ratios (a split-conformal style bound: honest with few runs).
 - **Peak memory per worker** ``mem = e + f * bytes/workers + g * bytes/(workers*threads)``,
   same fitting and upper bound.
@@ -54,10 +55,17 @@ MEMORY_FRACTION = 0.7  # distributed.worker.memory.spill
 QUANTILE = 0.9
 
 
-def _wall_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray, full: bool) -> np.ndarray:
+def _wall_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndarray, full: bool | str) -> np.ndarray:
+    """Columns of the wall-time model for `full` = True/"full", "amdahl" (overhead + parallel + serial),
+    "bytes" (overhead + parallel) or False/"parallel"."""
     gb = input_bytes / 1e9  # scaled so coefficients are of similar magnitude
-    if not full:  # sizes seen too alike to separate overhead from parallel work: assume pure parallel work
+    mode = ("full" if full else "parallel") if isinstance(full, bool) else full
+    if mode == "parallel":  # sizes and input sizes too alike to separate overhead from parallel work
         return np.column_stack([gb / (workers * threads)])
+    if mode == "amdahl":  # two cluster sizes, varied input sizes: no per-worker term
+        return np.column_stack([np.ones_like(gb), gb / (workers * threads), gb])
+    if mode == "bytes":  # one cluster size, varied input sizes: fixed overhead + parallel work
+        return np.column_stack([np.ones_like(gb), gb / (workers * threads)])
     return np.column_stack([np.ones_like(gb), gb / (workers * threads), gb, workers])
 
 
@@ -71,6 +79,25 @@ def _mem_features(input_bytes: np.ndarray, workers: np.ndarray, threads: np.ndar
 def sizes_identifiable(workers: np.ndarray) -> bool:
     """Enough spread in cluster size to fit how wall time scales with it (>= 3 sizes over >= 1.5x)."""
     return len(np.unique(workers)) >= 3 and float(workers.max()) >= 1.5 * float(workers.min())
+
+
+def two_sizes(workers: np.ndarray) -> bool:
+    """At least two cluster sizes, >= 1.5x apart: parallel and serial work can be told apart."""
+    return len(np.unique(workers)) >= 2 and float(workers.max()) >= 1.5 * float(workers.min())
+
+
+def wall_mode(input_bytes: np.ndarray, workers: np.ndarray) -> str:
+    """Which wall-time terms the history can identify (see ``Forecaster``)."""
+    if sizes_identifiable(workers):
+        return "full"
+    if not bytes_identifiable(input_bytes):
+        return "parallel"
+    return "amdahl" if two_sizes(workers) else "bytes"
+
+
+def bytes_identifiable(input_bytes: np.ndarray) -> bool:
+    """Enough spread in input size (>= 1.5x) to tell a fixed overhead from work that grows with the input."""
+    return len(input_bytes) >= 3 and float(input_bytes.max()) >= 1.5 * float(input_bytes.min())
 
 
 class _RatioModel:
@@ -115,16 +142,23 @@ class _RatioModel:
 class Forecaster:
     """Wall time and peak memory per worker for a stage, fitted on its successful runs.
 
-    With history from too narrow a range of cluster sizes (see ``sizes_identifiable``) the
-    overhead, serial and per-worker terms cannot be told apart from the parallel one, so the
-    model falls back to pure parallel scaling ``wall = b * bytes/(workers*threads)``: when it
-    shrinks a cluster this overestimates the wall time, erring towards meeting the deadline.
+    Each term is fitted only when the history can identify it (``wall_mode``): the per-worker
+    term needs >= 3 cluster sizes over >= 1.5x (``sizes_identifiable``, mode ``"full"``). With
+    two sizes >= 1.5x apart and input sizes varying >= 1.5x the model is
+    ``a + b * bytes/(workers*threads) + c * bytes`` (mode ``"amdahl"``: how much of the work
+    really runs in parallel is measured, e.g. when more workers than cores cannot help). With
+    one size but varied inputs it keeps the fixed overhead, ``a + b * bytes/(workers*threads)``
+    (mode ``"bytes"``): a run of half the input is not predicted to take half the time.
+    Otherwise it falls back to pure parallel scaling ``b * bytes/(workers*threads)`` (mode
+    ``"parallel"``). The last two overestimate the wall time when they shrink a cluster,
+    erring towards meeting the deadline.
     """
 
     wall: _RatioModel | None = None
     mem: _RatioModel | None = None
     n_runs: int = 0
     full: bool = True
+    mode: str = "full"
     sizes_seen: tuple[int, int] = (0, 0)
 
     @classmethod
@@ -137,8 +171,9 @@ class Forecaster:
         w = np.array([r["workers"] for r in ok], float)
         t = np.array([max(r["threads"] or 1, 1) for r in ok], float)
         f.full = sizes_identifiable(w)
+        f.mode = wall_mode(b, w)
         f.sizes_seen = (int(w.min()), int(w.max()))
-        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t, f.full), np.array([r["wall_s"] for r in ok], float))
+        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode), np.array([r["wall_s"] for r in ok], float))
         with_mem = [i for i, r in enumerate(ok) if r.get("peak_memory_per_worker", 0) > 0]
         if len(with_mem) >= 3:
             idx = np.array(with_mem)
@@ -152,7 +187,7 @@ class Forecaster:
         w = np.asarray(workers, float)
         b = np.full_like(w, float(input_bytes))
         t = np.full_like(w, float(threads))
-        wall, wall_up = self.wall.predict(_wall_features(b, w, t, self.full))
+        wall, wall_up = self.wall.predict(_wall_features(b, w, t, self.mode))
         out = {"wall_s": wall, "wall_s_upper": wall_up}
         if self.mem is not None:
             mem, mem_up = self.mem.predict(_mem_features(b, w, t, self.full))
@@ -204,8 +239,13 @@ def make_plan(
         est = f.predict(input_bytes, sizes, threads_per_worker)
         source = "forecast"
         why = f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio:.2f})"
-        if not f.full:
+        if f.mode == "parallel":
             why += f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: pure parallel scaling assumed"
+        elif f.mode == "bytes":
+            why += (f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: overhead + parallel scaling "
+                    "assumed")
+        elif f.mode == "amdahl":
+            why += f"; two sizes seen ({f.sizes_seen[0]}..{f.sizes_seen[1]}): overhead + parallel + serial work"
         if "peak_memory" not in est:
             h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s)
             est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])

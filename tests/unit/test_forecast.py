@@ -166,3 +166,45 @@ def test_narrow_size_history_falls_back_to_conservative_parallel_scaling():
     assert np.all(est["wall_s"] >= amdahl(6e11, small, per_worker=0.0))  # errs towards meeting the deadline
     plan = forecast.make_plan(rows, 6e11, deadline_s=900, max_workers=1000, memory_per_worker=64 << 30)
     assert amdahl(6e11, plan.workers, per_worker=0.0) <= 900 and "pure parallel" in plan.reason
+
+
+def test_one_size_with_varied_inputs_keeps_the_fixed_overhead():
+    """A step always run on one size (the plan's choice) but on inputs of 0.5x..1.5x: the overhead is
+    identifiable from the input sizes alone, so small intervals are not predicted as if it scaled away."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(12):
+        b = float(rng.uniform(3e9, 9e9))
+        rows.append(dict(success=True, input_bytes=b, workers=1, threads=1,
+                         wall_s=amdahl(b, 1, serial=0.0, per_worker=0.0) * float(rng.lognormal(0, 0.02))))
+    f = forecast.Forecaster.fit(rows)
+    assert not f.full and f.mode == "bytes"
+    for b in (3e9, 6e9, 9e9):
+        truth = amdahl(b, 1, serial=0.0, per_worker=0.0)
+        assert abs(f.predict(b, [1], 1)["wall_s"][0] - truth) / truth < 0.05
+    plan = forecast.make_plan(rows, 6e9, deadline_s=60, max_workers=4, memory_per_worker=64 << 30)
+    assert "overhead + parallel" in plan.reason
+    # the same history at one input size cannot separate the two: pure parallel scaling
+    same = [dict(r, input_bytes=6e9) for r in rows]
+    assert forecast.Forecaster.fit(same).mode == "parallel"
+
+
+def test_two_sizes_measure_how_much_work_is_serial():
+    """Runs on 1 and 2 workers where only ~40% of the work runs in parallel (e.g. more workers than
+    cores): with two sizes the serial share is fitted, so 2 workers are not predicted twice as fast."""
+    rng = np.random.default_rng(4)
+
+    def truth(b, w):
+        return 1.0 + 0.4 * b / 1e8 / w + 0.6 * b / 1e8
+
+    rows = []
+    for i in range(10):
+        b, w = float(rng.uniform(0.7e9, 1.6e9)), 1 + i % 2
+        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1,
+                         wall_s=truth(b, w) * float(rng.lognormal(0, 0.02))))
+    f = forecast.Forecaster.fit(rows)
+    assert f.mode == "amdahl"
+    for w in (1, 2):
+        assert abs(f.predict(1.5e9, [w], 1)["wall_s"][0] - truth(1.5e9, w)) / truth(1.5e9, w) < 0.06
+    plan = forecast.make_plan(rows, 1.5e9, deadline_s=30, max_workers=2, memory_per_worker=64 << 30)
+    assert "serial" in plan.reason

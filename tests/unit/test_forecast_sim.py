@@ -1,0 +1,74 @@
+"""The task-level simulator of bench/forecast.py: waves, billing, and Dask's adaptive loop as distributed has it."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "forecast.py"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    spec = importlib.util.spec_from_file_location("bench_forecast", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_forecast"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fixed_cluster_runs_waves_then_barrier_then_reduces(sim):
+    maps, reds = np.full(8, 10.0), np.full(8, 5.0)
+    r = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, workers=4, standing=4, prewarm=4)
+    assert r["wall_s"] == pytest.approx(2 * 10 + 2 * 5)  # two map waves, shuffle barrier, two reduce waves
+    assert r["cost"] == pytest.approx(4 * 30)
+    assert r["peak_workers"] == 4 and r["requests"] == []
+
+
+def test_prewarm_is_billed_but_off_the_critical_path(sim):
+    maps, reds = np.full(8, 10.0), np.full(8, 5.0)
+    r = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, workers=4, standing=1, prewarm=4, prewarm_lead=3.0)
+    assert r["wall_s"] == pytest.approx(30)
+    assert r["cost"] == pytest.approx(4 * 30 + 3 * 3.0)  # three pre-warmed workers billed from their request
+    # too short a lead: the late start-up lands on the critical path
+    late = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 5.0, workers=4, standing=1, prewarm=4, prewarm_lead=3.0)
+    assert late["wall_s"] > 30
+    # a re-plan to fewer workers when the data lands releases the surplus at once
+    fewer = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, workers=2, standing=1, prewarm=4, prewarm_lead=3.0)
+    assert fewer["wall_s"] == pytest.approx(4 * 10 + 4 * 5)
+    assert fewer["cost"] == pytest.approx(2 * 60 + 3 * 3.0)
+
+
+def test_adapt_first_request_uses_unknown_task_duration_then_caps_at_ready_tasks(sim):
+    n = 400
+    r = sim.simulate_step(np.full(n, 20.0), np.full(n, 20.0), 1e9, 16e9, lambda: 1.0, adapt_max=1000,
+                          tick_phase=0.2)
+    t0, first = r["requests"][0]
+    assert t0 == pytest.approx(0.2)  # the first tick after the data lands; no heartbeat has reported a task yet
+    # occupancy = 400 queued x 0.5 s (no duration known yet) -> ceil(200 / 5 s) = 40 workers, i.e. 39 more
+    assert first == math.ceil(n * sim.UNKNOWN_TASK_DURATION_S / sim.ADAPT_TARGET_DURATION_S) - 1
+    # once tasks are seen executing (2 x max exec time) the target grows, but never beyond the tasks there are
+    assert r["peak_workers"] == n
+    # after the step every extra worker goes, but only after wait_count (3) consecutive recommendations
+    assert sim.ADAPT_WAIT_COUNT - 1 <= r["tail_s"] <= sim.ADAPT_WAIT_COUNT + 1
+
+
+def test_adapt_respects_maximum_and_bills_every_requested_worker(sim):
+    r = sim.simulate_step(np.full(100, 30.0), np.full(100, 1.0), 1e9, 16e9, lambda: 1.0, adapt_max=10,
+                          tick_phase=0.0)
+    assert r["peak_workers"] == 10
+    requested = sum(n for _, n in r["requests"])
+    assert requested == r["workers_requested"] >= 9
+    assert r["cost"] >= 100 * 31.0  # at least the task work itself
+
+
+def test_adapt_memory_pressure_doubles_the_cluster(sim):
+    # one long task per worker keeps cpu demand low; map outputs fill > 60% of worker memory
+    maps = np.concatenate([np.full(4, 1.0), np.full(1, 60.0)])
+    r = sim.simulate_step(maps, np.full(5, 1.0), 5 * 8e9, 10e9, lambda: 1.0, adapt_max=100, tick_phase=0.5)
+    assert r["peak_workers"] >= 4
