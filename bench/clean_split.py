@@ -9,9 +9,11 @@ Sizes are the in-memory (Arrow) size of the generated raw rows of one day (``tas
 the raw Parquet on disk is ~3.3x smaller. Every engine runs in its own process, with the same
 2 cores; wall, CPU (process + children) and peak RSS (sum over the process tree, sampled
 every 0.1 s) are measured from outside. Every engine writes zstd Parquet: clean rows by split
-(train/val/test, with the derived ``hour`` column), rejected rows with their reason, and the
+(train/val/test), rejected rows with their reason, and the
 train feature statistics. Row counts per split and per reject reason must be identical across
-engines (asserted). Results: bench/results/clean_split.json and .md.
+engines (asserted). Derived feature columns (``hour``) are not stored by any engine (leptonflow
+derives them when it reads); they are computed for the train statistics.
+Results: bench/results/clean_split.json and .md.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def run_duckdb(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     tr, va = spec.split.train, spec.split.train + spec.split.val
     (out / "duck_split").mkdir()
     con.execute(f"""
-        COPY (SELECT {", ".join(repaired)}, CAST(hour({t}) AS BIGINT) AS hour,
+        COPY (SELECT {", ".join(repaired)},
                      CASE WHEN {u} < {tr} THEN 'train' WHEN {u} < {va} THEN 'val' ELSE 'test' END AS split
               FROM ranked WHERE _rn = 1)
         TO '{out / "duck_split"}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (split))""")
@@ -154,9 +156,11 @@ def run_duckdb(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     rejected = dict(con.execute(f"SELECT _reason, count(*) FROM read_parquet('{out / 'duck_quarantine.parquet'}') "
                                 "GROUP BY _reason").fetchall())
     # train feature statistics (the same work leptonflow does)
+    derived = {n: f"CAST({r['op']}({r['from']}) AS BIGINT)" for n, r in spec.features.derived.items()}
     num = ", ".join(f"avg({f}), stddev_pop({f}), min({f}), max({f}), quantile_cont({f}, [0.01, 0.25, 0.5, 0.75, 0.99])"
                     for f in spec.features.numeric)
-    con.execute(f"SELECT {num} FROM {split_glob} WHERE split = 'train'").fetchall()
+    cols = ", ".join(["*", *(f"{e} AS {n}" for n, e in derived.items())])
+    con.execute(f"SELECT {num} FROM (SELECT {cols} FROM {split_glob} WHERE split = 'train')").fetchall()
     for f in spec.features.categorical:
         con.execute(f"SELECT {f}, count(*) FROM {split_glob} WHERE split = 'train' GROUP BY {f}").fetchall()
     rows_in = con.execute(f"SELECT count(*) FROM read_parquet([{file_list}])").fetchone()[0]
@@ -234,15 +238,15 @@ def run_polars(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     u = unit_interval(groups.get_column(spec.group_column).to_list(), spec.split.salt)
     tr, va = spec.split.train, spec.split.train + spec.split.val
     gmap = groups.with_columns(pl.Series("split", ["train" if x < tr else "val" if x < va else "test" for x in u]))
-    final = survivors.select([*repaired, pl.col(spec.time_column).dt.hour().cast(pl.Int64).alias("hour"),
-                              pl.col(spec.group_column).alias("_g")]).join(
+    final = survivors.select([*repaired, pl.col(spec.group_column).alias("_g")]).join(
         gmap.rename({spec.group_column: "_g"}), on="_g", how="left").drop("_g")
     splits = {}
     for name in ("train", "val", "test"):
         part = final.filter(pl.col("split") == name).drop("split")
         part.write_parquet(out / f"polars_{name}.parquet", compression="zstd")
         splits[name] = part.height
-        if name == "train":
+        if name == "train":  # derived features (hour) are computed for the statistics, not stored
+            part = part.with_columns(pl.col(spec.time_column).dt.hour().cast(pl.Int64).alias("hour"))
             part.select([pl.col(f).mean() for f in spec.features.numeric] + [pl.col(f).std(ddof=0).alias(f"{f}_s")
                         for f in spec.features.numeric] + [pl.col(f).quantile(q).alias(f"{f}_{q}")
                         for f in spec.features.numeric for q in (0.01, 0.25, 0.5, 0.75, 0.99)])

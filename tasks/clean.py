@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,16 +42,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import Client, wait
 
+from tasks import features
 from tasks.cluster import client_for, describe
 from tasks.context import StepContext
 from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint
 from tasks.parquet_io import ParquetReadError, write_table
 from tasks.spec import ColumnSpec, DatasetSpec
+from tasks.split_assign import GROUPS
+from tasks.split_assign import assign as split_assign
 
 log = logging.getLogger(__name__)
 
 TARGET_FILE_BYTES = 128 << 20  # output files aim at ~128 MB
 CHUNK_ROWS = 1 << 20  # rows per map task (whole row groups)
+MERGE_FANIN = 8
+SHUFFLE_DIR = "_shuffle"  # map -> reduce exchange files, removed before the commit
 # Params that change the output (the cache key): DAG-wide Params of other steps must not invalidate clean.
 # ``rerun`` is a free tag: a new value forces a recompute.
 CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun", "anomaly_check",
@@ -142,6 +148,10 @@ def _strip(arr: pa.Array) -> pa.Array:
 def coerce(arr: pa.Array, col: ColumnSpec) -> tuple[pa.Array, np.ndarray]:
     """(values of the spec type, mask of rows whose non-empty value did not parse)."""
     if pa.types.is_dictionary(arr.type):
+        if col.type in ("string", "category") and _is_str(arr.type.value_type):
+            # normalize each distinct value once, then expand: the read kept the strings dictionary-encoded
+            values, _ = coerce(arr.dictionary, col)
+            return values.take(arr.indices), np.zeros(len(arr), dtype=bool)
         arr = arr.dictionary_decode()
     if pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
@@ -207,6 +217,7 @@ def _cast_numeric(arr: pa.Array, target: pa.DataType) -> pa.Array:
 
 
 # ---- hashing (stable across processes and machines) -----------------------------------------
+LONG_KEY = 64  # bytes
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -219,7 +230,11 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 
 def hash_strings(arr: pa.Array) -> np.ndarray:
-    """64-bit polynomial hash of each UTF-8 value (nulls hash to a constant), fully vectorized."""
+    """64-bit FNV-style hash of each UTF-8 value (nulls hash to a constant), fully vectorized.
+
+    One numpy pass per byte position over the rows still that long: cost ~ total bytes, no
+    per-byte index arrays (keys are short ids); values longer than LONG_KEY use a reduceat path.
+    """
     if not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
     n = len(arr)
@@ -227,19 +242,24 @@ def hash_strings(arr: pa.Array) -> np.ndarray:
         return np.zeros(0, dtype=np.uint64)
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset: arr.offset + n + 1].astype(np.int64)
-    base = offsets[0]
-    data = np.frombuffer(bufs[2], dtype=np.uint8)[base: offsets[-1]] if bufs[2] is not None else np.zeros(0, np.uint8)
-    lens = np.diff(offsets)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    lens = offsets[1:] - offsets[:-1]
+    starts = offsets[:-1]
     h = np.zeros(n, dtype=np.uint64)
-    nonempty = np.flatnonzero(lens > 0)
-    if len(nonempty):
-        starts = offsets[:-1] - base
-        pos = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lens)
-        powers = np.cumprod(np.full(int(lens.max()), 1099511628211, dtype=np.uint64), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            contrib = (data.astype(np.uint64) + np.uint64(1)) * powers[pos]
-            h[nonempty] = np.add.reduceat(contrib, starts[nonempty])
+    prime = np.uint64(1099511628211)
+    long_rows = np.flatnonzero(lens > LONG_KEY)
+    idx = np.flatnonzero((lens > 0) & (lens <= LONG_KEY))
+    j = 0
     with np.errstate(over="ignore"):
+        while len(idx):
+            h[idx] = h[idx] * prime + data[starts[idx] + j].astype(np.uint64) + np.uint64(1)
+            j += 1
+            idx = idx[lens[idx] > j]
+        for i in long_rows:  # rare: one vectorized polynomial per long value
+            v = data[starts[i]: starts[i] + lens[i]].astype(np.uint64) + np.uint64(1)
+            powers = np.full(len(v), prime, dtype=np.uint64)
+            powers[0] = 1
+            h[i] = np.add.reduce(v * np.cumprod(powers, dtype=np.uint64)[::-1], dtype=np.uint64)
         h = _mix(h ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
     if arr.null_count:
         h[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x5EED)
@@ -279,13 +299,21 @@ class Job:
     crypto: Any = None
     files: tuple[str, ...] = ()  # lake-relative raw file paths, by file index
     anomaly: Any = None  # tasks.anomaly.AnomalyModel fitted on earlier intervals (None: no history yet)
+    shuffle_dir: str = ""  # full URL of the map -> reduce exchange folder (inside the clean version folder)
 
 
-def _read_chunk(chunk: Chunk) -> pa.Table:
+def _read_chunk(chunk: Chunk, spec: DatasetSpec | None = None) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(chunk.url)
+    # String columns other than the key are read dictionary-encoded: parquet stores them that way, so
+    # decoding skips materializing every string, and trim/case run once per distinct value (coerce).
+    dict_cols = [c.name for c in spec.columns if c.type in ("string", "category") and c.name not in spec.key] \
+        if spec is not None else []
     try:
         with fs.open(path, "rb") as fh:
-            return pq.ParquetFile(fh).read_row_groups(list(chunk.row_groups))
+            md = pq.ParquetFile(fh).metadata
+            dict_cols = [c for c in dict_cols if c in md.schema.names]
+            pf = pq.ParquetFile(fh, metadata=md, read_dictionary=dict_cols)
+            return pf.read_row_groups(list(chunk.row_groups), use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise ParquetReadError(f"{chunk.rel}: cannot read row groups {list(chunk.row_groups)}: {exc}") from exc
 
@@ -303,10 +331,10 @@ def _raw_strings(table: pa.Table, spec: DatasetSpec, rows: np.ndarray) -> dict[s
     return out
 
 
-def clean_chunk(chunk: Chunk, job: Job) -> tuple[Any, ...]:
-    """Map task: (bucket_0, ..., bucket_P-1, meta). Rejected rows go to quarantine from here."""
+def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
+    """Map task: rejected rows go to quarantine, valid ones to a bucketed shuffle file; returns the meta."""
     spec = job.spec
-    raw = _read_chunk(chunk)
+    raw = _read_chunk(chunk, spec)
     n = raw.num_rows
     if n != chunk.rows:
         raise CleanError(f"{chunk.rel}: row groups {list(chunk.row_groups)} have {n} rows, footer says {chunk.rows}")
@@ -383,13 +411,47 @@ def clean_chunk(chunk: Chunk, job: Job) -> tuple[Any, ...]:
     by_bucket = np.argsort(bucket, kind="stable")
     order = pa.array(keep[by_bucket])
     bounds = np.searchsorted(bucket[by_bucket], np.arange(job.n_buckets + 1))
-    good = pa.Table.from_arrays([cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns],
-                                schema=schema)
-    good = good.append_column(SRC_FILE, pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
-    good = good.append_column(SRC_ROW, pa.array(keep[by_bucket] + chunk.first_row, pa.int64()))
-    parts = [good.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])) for j in range(job.n_buckets)]
-    meta["bytes_shuffled"] = int(sum(p.nbytes for p in parts))
-    return (*parts, meta)
+    arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]
+    arrays.append(pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
+    arrays.append(pa.array(keep[by_bucket] + chunk.first_row, pa.int64()))
+    meta["shuffle"] = _write_shuffle(f"{job.shuffle_dir}/map-{chunk.index:05d}.arrow", arrays, bounds,
+                                     shuffle_schema(spec))
+    meta["bytes_shuffled"] = meta["shuffle"]["bytes"]
+    return meta
+
+
+def shuffle_schema(spec: DatasetSpec) -> pa.Schema:
+    return spec.arrow_schema().append(pa.field(SRC_FILE, pa.int32())).append(pa.field(SRC_ROW, pa.int64()))
+
+
+def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema: pa.Schema) -> dict[str, Any]:
+    """A map task's valid rows as an Arrow IPC file with one record batch per bucket.
+
+    The shuffle goes through the lake's (shared) storage instead of worker memory: the
+    reduce of bucket j reads batch j of every map file (memory-mapped on a local lake, so
+    pages come from the page cache and nothing is pickled, sent or spilled). Files are
+    replaced atomically, so a map recomputed after a worker loss rewrites identical bytes
+    under readers that are still mapping the old ones.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
+    with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, pa.ipc.new_file(sink, schema) as writer:
+        for j in range(len(bounds) - 1):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            writer.write_batch(pa.RecordBatch.from_arrays([a.slice(lo, hi - lo) for a in arrays], schema=schema))
+    if local:
+        os.replace(tmp, path)
+    return {"url": url, "rows": np.diff(bounds).astype(int).tolist(), "bytes": int(fs.size(path))}
+
+
+def _read_shuffle(shuffle: dict[str, Any], j: int) -> pa.RecordBatch:
+    """Batch `j` of one map task's shuffle file (zero-copy from a memory map on a local lake)."""
+    fs, path = fsspec.core.url_to_fs(shuffle["url"])
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    source = pa.memory_map(path) if local else fs.open(path, "rb")
+    return pa.ipc.open_file(source).get_batch(j)
 
 
 def _key_codes(table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
@@ -404,55 +466,93 @@ def _key_codes(table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
     return code
 
 
-def dedupe_bucket(j: int, job: Job, *parts: pa.Table) -> dict[str, Any]:
-    """Reduce task: keep the first row per key, quarantine the rest, write the bucket's clean file."""
+def _write_quarantine(rows: pa.Table, reason: str, name: str, job: Job) -> FileEntry:
+    """Rows of a reduce (with their source columns) -> one quarantine file with `reason`."""
     spec = job.spec
-    table = pa.concat_tables(parts).combine_chunks() if parts else pa.table({})
+    q = {c.name: rows.column(c.name).combine_chunks().cast(pa.string()) for c in spec.columns}
+    q[Q_REASON] = pa.array([reason] * rows.num_rows, pa.string())
+    q[Q_FILE] = pc.take(pa.array(job.files, pa.string()), rows.column(SRC_FILE).combine_chunks())
+    q[Q_ROW] = rows.column(SRC_ROW).combine_chunks()
+    rel = f"{name}.parquet"
+    return write_table(f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
+                       f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
+
+
+def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
+    """Reduce task: keep the first row per key, quarantine the rest, write the bucket's clean rows by split."""
+    spec = job.spec
+    batches = [_read_shuffle(m["shuffle"], j) for m in metas if m["shuffle"]["rows"][j]]
+    table = pa.Table.from_batches(batches).combine_chunks() if batches else pa.table({})
     n = table.num_rows
-    out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "anomalies": 0, "clean": None,
-                           "quarantine": None, "anomaly_quarantine": None}
+    out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "anomalies": 0, "clean": [],
+                           "quarantine": None, "anomaly_quarantine": None, "by_split": dict.fromkeys(GROUPS, 0),
+                           "state": None}
     if n == 0:
         return out
     # Parts arrive in chunk order and each is in source order, so the table is in (source file, row) order.
     # Survivor per key = first in (dedupe_order..., source file, source row): sort those numbers, not the keys.
-    rank = pc.sort_indices(table, sort_keys=[(c, "ascending", "at_end")
-                                             for c in (*spec.dedupe_order, SRC_FILE, SRC_ROW)]).to_numpy()
-    _, first = np.unique(_key_codes(table, spec.key)[rank], return_index=True)
-    keep = np.zeros(n, dtype=bool)
-    keep[rank[first]] = True
-    survivors = table.filter(pa.array(keep))
+    # Only rows whose key occurs more than once need ordering (a few percent): no full sort.
+    codes = _key_codes(table, spec.key)
+    dup = np.flatnonzero(np.bincount(codes)[codes] > 1)
+    keep = np.ones(n, dtype=bool)
+    if len(dup):
+        order_cols = (*spec.dedupe_order, SRC_FILE, SRC_ROW)
+        sub = table.select(list(order_cols)).take(pa.array(dup))
+        rank = pc.sort_indices(sub, sort_keys=[(c, "ascending", "at_end") for c in order_cols]).to_numpy()
+        _, first = np.unique(codes[dup][rank], return_index=True)
+        keep[dup] = False
+        keep[dup[rank[first]]] = True
     losers = np.flatnonzero(~keep)
     if len(losers):
-        lt = table.take(pa.array(losers))
-        q = {c.name: lt.column(c.name).combine_chunks().cast(pa.string()) for c in spec.columns}
-        q[Q_REASON] = pa.array(["duplicate_key"] * len(losers), pa.string())
-        q[Q_FILE] = pc.take(pa.array(job.files, pa.string()), lt.column(SRC_FILE).combine_chunks())
-        q[Q_ROW] = lt.column(SRC_ROW).combine_chunks()
-        rel = f"duplicates-{j:05d}.parquet"
-        out["quarantine"] = write_table(f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
-                                        f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
+        out["quarantine"] = _write_quarantine(table.take(pa.array(losers)), "duplicate_key", f"duplicates-{j:05d}", job)
         out["duplicates"] = len(losers)
+    base, rows = table, np.flatnonzero(keep)
     if job.anomaly is not None:
         # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
         from tasks import anomaly
 
-        survivors, flagged = anomaly.split_table(survivors, job.anomaly)
+        base, flagged = anomaly.split_table(table.take(pa.array(rows)), job.anomaly)
+        rows = np.arange(base.num_rows)
         if flagged.num_rows:
-            q = {c.name: flagged.column(c.name).combine_chunks().cast(pa.string()) for c in spec.columns}
-            q[Q_REASON] = pa.array([anomaly.REASON] * flagged.num_rows, pa.string())
-            q[Q_FILE] = pc.take(pa.array(job.files, pa.string()), flagged.column(SRC_FILE).combine_chunks())
-            q[Q_ROW] = flagged.column(SRC_ROW).combine_chunks()
-            rel = f"anomalies-{j:05d}.parquet"
-            out["anomaly_quarantine"] = write_table(
-                f"{job.quarantine_dir}/{rel}", pa.table(q, schema=quarantine_schema(spec)),
-                f"v={job.quarantine_version}/{rel}", crypto=job.crypto)
+            out["anomaly_quarantine"] = _write_quarantine(flagged, anomaly.REASON, f"anomalies-{j:05d}", job)
             out["anomalies"] = flagged.num_rows
-    clean = survivors.drop_columns([SRC_FILE, SRC_ROW]).combine_chunks()
-    if clean.num_rows:
-        rel = f"part-{j:05d}.parquet"
-        out["clean"] = write_table(f"{job.clean_dir}/{rel}", clean, f"v={job.clean_version}/{rel}", crypto=job.crypto)
-    out["rows"] = clean.num_rows
+    base = base.drop_columns([SRC_FILE, SRC_ROW])
+    out["rows"] = len(rows)
+    if len(rows):
+        # The split is decided here (md5 of the group value, no shuffle), so the survivors are written once,
+        # already in their split's folder (one take per split); the split step publishes these files as they are.
+        code = split_assign(base.column(spec.group_column).take(pa.array(rows)), spec)
+        for g, name in enumerate(GROUPS):
+            idx = rows[code == g]
+            if not len(idx):
+                continue
+            part = base.take(pa.array(idx))
+            rel = f"{name}/part-{j:05d}.parquet"
+            out["clean"].append(write_table(f"{job.clean_dir}/{rel}", part, f"v={job.clean_version}/{rel}",
+                                            group=name, crypto=job.crypto))
+            out["by_split"][name] = part.num_rows
+            if name == "train":  # train-only feature statistics, mergeable across buckets
+                out["state"] = features.partial_fit(part, spec, seed=j)
     return out
+
+
+def _reduce_meta(out: dict[str, Any]) -> dict[str, Any]:
+    """A reduce result without its (larger) feature statistics, for the client."""
+    return {k: v for k, v in out.items() if k != "state"} | {"has_train": out["state"] is not None}
+
+
+def _reduce_state(out: dict[str, Any]) -> Any:
+    return out["state"]
+
+
+def _merge_tree(client: Client, states: list[Any], prefix: str) -> Any:
+    """Merge partial feature statistics on the cluster, MERGE_FANIN at a time."""
+    level = 0
+    while len(states) > 1:
+        states = [client.submit(features.merge, *states[i:i + MERGE_FANIN], key=f"{prefix}-{level}-{i}")
+                  for i in range(0, len(states), MERGE_FANIN)]
+        level += 1
+    return states[0]
 
 
 # ---- the step ---------------------------------------------------------------------------------
@@ -523,21 +623,19 @@ class _Sampler:
         self.spilled = max(self.spilled, on_disk)  # most bytes held on disk at once, all workers together
 
 
-def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, list, _Sampler]:
-    """Submit map + shuffle + reduce tasks; wait with progress logging; return (metas, reduces, sampler)."""
+def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, list, Any, _Sampler]:
+    """Submit map + shuffle + reduce tasks; wait with progress logging.
+
+    Returns (map metas, reduce metas, merged train feature-statistics state or None, sampler).
+    """
     P = job.n_buckets
-    maps = [client.submit(clean_chunk, c, job, key=f"clean-map-{job.clean_version}-{c.index}", pure=False)
-            for c in chunks]
-    metas = [client.submit(operator.getitem, m, P, key=f"clean-meta-{job.clean_version}-{i}")
-             for i, m in enumerate(maps)]
-    reduces = []
-    for j in range(P):
-        parts = [client.submit(operator.getitem, m, j, key=f"clean-part-{job.clean_version}-{i}-{j}")
-                 for i, m in enumerate(maps)]
-        reduces.append(client.submit(dedupe_bucket, j, job, *parts, key=f"clean-reduce-{job.clean_version}-{j}"))
-    del maps  # the scheduler keeps what dependents need; lineage recomputes it if a worker dies
+    v = job.clean_version
+    metas = [client.submit(clean_chunk, c, job, key=f"clean-map-{v}-{c.index}", pure=False) for c in chunks]
+    # reduces depend on the small map metas only: the rows travel through the shuffle files
+    reduces = [client.submit(dedupe_bucket, j, job, *metas, key=f"clean-reduce-{v}-{j}") for j in range(P)]
+    reduce_metas = [client.submit(_reduce_meta, r, key=f"clean-rmeta-{v}-{j}") for j, r in enumerate(reduces)]
     sampler = _Sampler(client)
-    pending = metas + reduces
+    pending = metas + reduce_metas
     t0 = time.monotonic()
     while True:
         try:
@@ -549,11 +647,15 @@ def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, lis
         now = time.monotonic()
         if finished or now - sampler.last_log > 5:
             sampler.last_log = now
-            log.info("clean progress: map %d/%d, dedupe %d/%d (%.0fs)", sum(f.done() for f in metas), len(metas),
-                     sum(f.done() for f in reduces), len(reduces), now - t0)
+            log.info("clean progress: map %d/%d, dedupe + split %d/%d (%.0fs)", sum(f.done() for f in metas),
+                     len(metas), sum(f.done() for f in reduce_metas), len(reduces), now - t0)
         if finished or any(f.status in ("error", "cancelled") for f in pending):  # gather raises it
             break
-    return client.gather(metas), client.gather(reduces), sampler
+    map_out, reduce_out = client.gather(metas), client.gather(reduce_metas)
+    with_train = [client.submit(_reduce_state, r, key=f"clean-state-{v}-{j}")
+                  for j, (r, o) in enumerate(zip(reduces, reduce_out, strict=True)) if o["has_train"]]
+    state = client.gather(_merge_tree(client, with_train, f"clean-merge-{v}")) if with_train else None
+    return map_out, reduce_out, state, sampler
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
@@ -566,7 +668,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     end_us = int(ctx.interval_end.timestamp() * 1_000_000)
     params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
     fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us, _anomaly_history(ctx))
-    code = code_version("clean", "parquet_io")
+    code = code_version("clean", "parquet_io", "split_assign", "features")
     hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)
     if hit is not None and lake.cache_hit("quarantine", ctx.dataset, ctx.ds, fp, code, params) is not None:
         log.info("clean %s ds=%s: cache hit (version %s)", ctx.dataset, ctx.ds, hit.version)
@@ -581,7 +683,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     qver, qdir = lake.new_version("quarantine", ctx.dataset, ctx.ds)
     files_rel = tuple(_rel(lake, p) for p in files)
     job = Job(spec, start_us, end_us, n_buckets, lake.full_url(cdir), lake.full_url(qdir), cver, qver, crypto,
-              files_rel, model)
+              files_rel, model, lake.full_url(f"{cdir}/{SHUFFLE_DIR}"))
     log.info("clean %s ds=%s: %d files, %d rows, %.1f MB -> %d map tasks, %d dedupe buckets",
              ctx.dataset, ctx.ds, len(files), total_rows, total_bytes / 1e6, len(chunks), n_buckets)
     try:
@@ -589,8 +691,10 @@ def run(ctx: StepContext) -> dict[str, Any]:
             size = describe(client)
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
             per_worker_limit = max((w.get("memory_limit") or 0 for w in workers.values()), default=0)
-            metas, reduces, sampler = _run_graph(client, chunks, job)
+            metas, reduces, train_state, sampler = _run_graph(client, chunks, job)
             sampler.sample()
+        if lake.fs.exists(f"{cdir}/{SHUFFLE_DIR}"):
+            lake.fs.rm(f"{cdir}/{SHUFFLE_DIR}", recursive=True)
         rejected: dict[str, int] = {}
         repaired: dict[str, int] = {}
         for m in metas:
@@ -616,7 +720,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         if rows_in != total_rows or rows_in != rows_clean + rows_rejected:
             raise CleanError(f"row accounting failed for {ctx.dataset} ds={ctx.ds}: footers say {total_rows}, read "
                              f"{rows_in}, clean {rows_clean} + rejected {rows_rejected}")
-        clean_files = [r["clean"] for r in reduces if r["clean"] is not None]
+        clean_files = [e for r in reduces for e in r["clean"]]
         q_files = [m["quarantine"] for m in metas if m["quarantine"] is not None]
         q_files += [r["quarantine"] for r in reduces if r["quarantine"] is not None]
         q_files += [r["anomaly_quarantine"] for r in reduces if r["anomaly_quarantine"] is not None]
@@ -638,7 +742,12 @@ def run(ctx: StepContext) -> dict[str, Any]:
         common = {"input_fingerprint": fp, "code_version": code, "params": params}
         lake.commit(Manifest("quarantine", ctx.dataset, ctx.ds, qver, files=_sorted(q_files), **common,
                              extra={"accounting": accounting, "reasons": reason_codes(spec)}))
-        extra = {"accounting": accounting, "result": result, "schema": spec.arrow_schema().names}
+        by_split = {g: sum(r["by_split"][g] for r in reduces) for g in GROUPS}
+        result["split_rows"] = by_split
+        extra = {"accounting": accounting, "result": result, "schema": spec.arrow_schema().names,
+                 "split": {"rows": by_split, "salt": spec.split.salt,
+                           "ratios": {"train": spec.split.train, "val": spec.split.val, "test": spec.split.test},
+                           "feature_stats": features.finalize(train_state, spec) if train_state is not None else None}}
         if anomaly_result is not None:
             extra["anomaly"] = anomaly_result
         lake.commit(Manifest("clean", ctx.dataset, ctx.ds, cver, files=_sorted(clean_files), **common, extra=extra))

@@ -65,6 +65,14 @@ def _priorities(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5EED])).random(n)
 
 
+def _bottom_k(p: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest priorities in ascending order (argsort(p)[:k] in O(n))."""
+    if len(p) > k:
+        idx = np.argpartition(p, k - 1)[:k]
+        return idx[np.argsort(p[idx], kind="stable")]
+    return np.argsort(p, kind="stable")
+
+
 def partial_fit(table: pa.Table, spec: DatasetSpec, seed: int = 0, sample_size: int = SAMPLE_SIZE) -> dict[str, Any]:
     """Mergeable statistics of one partition (``seed`` = a stable partition id)."""
     table = add_derived(table, spec.features.derived)
@@ -78,7 +86,7 @@ def partial_fit(table: pa.Table, spec: DatasetSpec, seed: int = 0, sample_size: 
         vals, p = arr[ok], prio[ok]
         n = len(vals)
         mean = float(vals.mean()) if n else 0.0
-        keep = np.argsort(p, kind="stable")[:sample_size]
+        keep = _bottom_k(p, sample_size)
         state["numeric"][col] = {
             "count": n, "nulls": int(len(arr) - n), "mean": mean,
             "m2": float(((vals - mean) ** 2).sum()) if n else 0.0,

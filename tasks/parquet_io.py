@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.keyring import KeyError_
@@ -26,6 +27,30 @@ from tasks.lake import FileEntry
 
 ROW_GROUP_ROWS = 128 * 1024  # ~ a few MB per row group: streamable by the training reader
 COMPRESSION = "zstd"
+COMPRESSION_LEVEL = 1  # zstd's fast level: most write time is encoding, level 3 buys ~3% size for ~15% time
+DICT_SAMPLE_ROWS = 16_384
+DICT_MAX_DISTINCT = 0.3  # dictionary-encode a column when a sample has at most this share of distinct values
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """Columns worth dictionary encoding, judged on a leading sample.
+
+    Parquet's writer tries a dictionary for every column and falls back to plain only after
+    the dictionary page is full, so near-unique columns (ids, emails) cost a wasted hash
+    table; low-cardinality ones get smaller and faster with it.
+    """
+    head = table.slice(0, DICT_SAMPLE_ROWS)
+    n = max(head.num_rows, 1)
+    out = []
+    for name, col in zip(head.column_names, head.columns, strict=True):
+        t = col.type
+        if pa.types.is_dictionary(t) or pa.types.is_boolean(t):
+            out.append(name)
+        elif (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+              or pa.types.is_floating(t) or pa.types.is_timestamp(t)):
+            if pc.count_distinct(col).as_py() <= DICT_MAX_DISTINCT * n:
+                out.append(name)
+    return out
 
 
 class ParquetCrypto(Protocol):
@@ -86,7 +111,8 @@ def write_table(
     fs, path = fsspec.core.url_to_fs(url)
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
-    kwargs: dict[str, Any] = {"compression": COMPRESSION}
+    kwargs: dict[str, Any] = {"compression": COMPRESSION, "compression_level": COMPRESSION_LEVEL,
+                              "use_dictionary": dictionary_columns(table), "data_page_version": "2.0"}
     if crypto is not None:
         kwargs["encryption_properties"] = _with_url(crypto.encryption_properties, table.column_names, url=url)
     with fs.open(path, "wb") as fh:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,22 @@ def client_for(config: dict[str, Any] | None, plan: ClusterPlan | dict | None = 
         raise ValueError(f"unknown Dask cluster backend {backend!r} (expected local, address or gateway)")
     with impl.connect(config, plan) as client:
         log.info("Dask cluster (%s): %s; dashboard %s", backend, describe(client), client.dashboard_link)
+        client.register_plugin(ArrowThreads(), name="leptonflow-arrow-threads")
         yield client
+
+
+class ArrowThreads(WorkerPlugin):
+    """Size each worker's Arrow CPU pool to the worker's own thread count.
+
+    Arrow sizes its pool to the machine's cores in every process, so N single-thread workers
+    on N cores would run N x N compute threads (parquet decode, kernels): measured 1.6x slower
+    map tasks on the 2-core box. Dask's threads are the unit of parallelism here.
+    """
+
+    def setup(self, worker: Any) -> None:
+        import pyarrow as pa
+
+        pa.set_cpu_count(max(1, int(worker.state.nthreads)))
 
 
 def resize(config: dict[str, Any] | None, workers: int) -> bool:

@@ -71,10 +71,18 @@ def test_split_is_group_disjoint_complete_and_deterministic(cleaned, dask_addres
     assert not users["train"] & users["val"] and not users["train"] & users["test"] and not users["val"] & users["test"]
     assert {g: t.num_rows for g, t in tables.items()} == r["rows"]
     assert 0.7 < r["rows"]["train"] / clean_rows < 0.9
-    # derived hour column is the UTC hour of event_ts
+    # split files are the clean files (schema of the spec, no rewrite): derived columns are added on read
     t = tables["val"]
-    assert t.schema.names == [*SPEC.arrow_schema().names, "hour"]
-    assert t.column("hour").to_pylist() == pc.hour(t.column("event_ts")).cast(pa.int64()).to_pylist()
+    assert t.schema.names == SPEC.arrow_schema().names
+    derived = features.add_derived(t, SPEC.features.derived)
+    assert derived.column("hour").to_pylist() == pc.hour(t.column("event_ts")).cast(pa.int64()).to_pylist()
+    clean_m = cleaned.lake.require("clean", "events", DS)
+    split_m = cleaned.lake.require("split", "events", DS)
+    assert [(f.path.split("/", 1)[1], f.sha256, f.group) for f in clean_m.files] == [
+        (f.path.split("/", 1)[1], f.sha256, f.group) for f in split_m.files]
+    for cf, sf in zip(clean_m.files, split_m.files, strict=True):  # local lake: hard links, no bytes copied
+        ino = Path(cleaned.lake.abspath(clean_m, cf)).stat().st_ino
+        assert Path(cleaned.lake.abspath(split_m, sf)).stat().st_ino == ino
     # cache hit, then a forced rerun gives byte-identical files
     assert split.run(cleaned)["cache_hit"] is True
     m1 = cleaned.lake.require("split", "events", DS)
