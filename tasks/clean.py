@@ -606,6 +606,7 @@ class _Sampler:
     def __init__(self, client: Client):
         self.client = client
         self.peak = 0
+        self.arrow_peak = 0
         self.spilled = 0
         self.last_log = 0.0
 
@@ -623,6 +624,10 @@ class _Sampler:
         self.spilled = max(self.spilled, on_disk)  # most bytes held on disk at once, all workers together
 
 
+def _arrow_peak() -> int:
+    return int(pa.default_memory_pool().max_memory() or 0)
+
+
 def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, list, Any, _Sampler]:
     """Submit map + shuffle + reduce tasks; wait with progress logging.
 
@@ -630,11 +635,11 @@ def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, lis
     """
     P = job.n_buckets
     v = job.clean_version
+    sampler = _Sampler(client)
     metas = [client.submit(clean_chunk, c, job, key=f"clean-map-{v}-{c.index}", pure=False) for c in chunks]
     # reduces depend on the small map metas only: the rows travel through the shuffle files
     reduces = [client.submit(dedupe_bucket, j, job, *metas, key=f"clean-reduce-{v}-{j}") for j in range(P)]
     reduce_metas = [client.submit(_reduce_meta, r, key=f"clean-rmeta-{v}-{j}") for j, r in enumerate(reduces)]
-    sampler = _Sampler(client)
     pending = metas + reduce_metas
     t0 = time.monotonic()
     while True:
@@ -652,6 +657,10 @@ def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, lis
         if finished or any(f.status in ("error", "cancelled") for f in pending):  # gather raises it
             break
     map_out, reduce_out = client.gather(metas), client.gather(reduce_metas)
+    try:  # Arrow's own high-water mark per worker process (allocator retention excluded): the working set
+        sampler.arrow_peak = max(client.run(_arrow_peak).values(), default=0)
+    except Exception:  # noqa: BLE001 - a worker lost at the end must not fail the step
+        sampler.arrow_peak = 0
     with_train = [client.submit(_reduce_state, r, key=f"clean-state-{v}-{j}")
                   for j, (r, o) in enumerate(zip(reduces, reduce_out, strict=True)) if o["has_train"]]
     state = client.gather(_merge_tree(client, with_train, f"clean-merge-{v}")) if with_train else None
@@ -735,7 +744,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "files_out": len(clean_files), "quarantine_files": len(q_files),
             "input_bytes": total_bytes, "input_rows": total_rows, "partitions": len(chunks), "buckets": n_buckets,
             "workers": size["workers"], "threads": size["threads"], "memory_limit": per_worker_limit,
-            "peak_memory_per_worker": sampler.peak, "spilled_bytes": sampler.spilled,
+            "peak_memory_per_worker": sampler.peak, "arrow_peak_per_worker": sampler.arrow_peak,
+            "spilled_bytes": sampler.spilled,
         }
         if rows_clean == 0:
             log.warning("clean %s ds=%s: every row was rejected", ctx.dataset, ctx.ds)
