@@ -61,7 +61,7 @@ SHUFFLE_DIR = "_shuffle"  # map -> reduce exchange files, removed before the com
 # ``rerun`` is a free tag: a new value forces a recompute.
 CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun", "anomaly_check",
                 "anomaly_contamination", "anomaly_max_rate", "anomaly_policy", "anomaly_history_intervals")
-SRC_FILE, SRC_ROW = "_src_file", "_src_row"
+SRC_FILE, SRC_ROW, KEY_HASH = "_src_file", "_src_row", "_key_hash"
 Q_REASON, Q_FILE, Q_ROW = "_reason", "_source_file", "_source_row"
 _INT_RE = r"^[+-]?[0-9]{1,18}$"
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
@@ -266,12 +266,17 @@ def hash_strings(arr: pa.Array) -> np.ndarray:
     return h
 
 
-def bucket_of(table: pa.Table, key: tuple[str, ...], n_buckets: int) -> np.ndarray:
+def key_hash(table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
+    """64-bit hash of each row's key (equal keys, equal hashes; the reverse needs checking)."""
     h = np.zeros(table.num_rows, dtype=np.uint64)
     for k in key:
         with np.errstate(over="ignore"):
             h = _mix(h * np.uint64(31) + hash_strings(table.column(k).combine_chunks()))
-    return (h % np.uint64(n_buckets)).astype(np.int64)
+    return h
+
+
+def bucket_of(table: pa.Table, key: tuple[str, ...], n_buckets: int) -> np.ndarray:
+    return (key_hash(table, key) % np.uint64(n_buckets)).astype(np.int64)
 
 
 # ---- tasks (run on workers) ---------------------------------------------------------------
@@ -407,13 +412,15 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
     keep = np.flatnonzero(reason == 0)
     schema = spec.arrow_schema()
     # bucket by key hash; within a bucket rows stay in source order (one take per column)
-    bucket = bucket_of(pa.table({k: cols[k] for k in spec.key}), spec.key, job.n_buckets)[keep]
+    h = key_hash(pa.table({k: cols[k] for k in spec.key}), spec.key)[keep]
+    bucket = (h % np.uint64(job.n_buckets)).astype(np.int64)
     by_bucket = np.argsort(bucket, kind="stable")
     order = pa.array(keep[by_bucket])
     bounds = np.searchsorted(bucket[by_bucket], np.arange(job.n_buckets + 1))
     arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]
     arrays.append(pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
     arrays.append(pa.array(keep[by_bucket] + chunk.first_row, pa.int64()))
+    arrays.append(pa.array(h[by_bucket], pa.uint64()))
     meta["shuffle"] = _write_shuffle(f"{job.shuffle_dir}/map-{chunk.index:05d}.arrow", arrays, bounds,
                                      shuffle_schema(spec))
     meta["bytes_shuffled"] = meta["shuffle"]["bytes"]
@@ -421,7 +428,8 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
 
 
 def shuffle_schema(spec: DatasetSpec) -> pa.Schema:
-    return spec.arrow_schema().append(pa.field(SRC_FILE, pa.int32())).append(pa.field(SRC_ROW, pa.int64()))
+    return pa.schema([*spec.arrow_schema(), pa.field(SRC_FILE, pa.int32()), pa.field(SRC_ROW, pa.int64()),
+                      pa.field(KEY_HASH, pa.uint64())])
 
 
 def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema: pa.Schema) -> dict[str, Any]:
@@ -482,7 +490,7 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
     """Reduce task: keep the first row per key, quarantine the rest, write the bucket's clean rows by split."""
     spec = job.spec
     batches = [_read_shuffle(m["shuffle"], j) for m in metas if m["shuffle"]["rows"][j]]
-    table = pa.Table.from_batches(batches).combine_chunks() if batches else pa.table({})
+    table = pa.Table.from_batches(batches) if batches else pa.table({})  # chunked: takes read the maps directly
     n = table.num_rows
     out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "anomalies": 0, "clean": [],
                            "quarantine": None, "anomaly_quarantine": None, "by_split": dict.fromkeys(GROUPS, 0),
@@ -492,14 +500,16 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
     # Parts arrive in chunk order and each is in source order, so the table is in (source file, row) order.
     # Survivor per key = first in (dedupe_order..., source file, source row): sort those numbers, not the keys.
     # Only rows whose key occurs more than once need ordering (a few percent): no full sort.
-    codes = _key_codes(table, spec.key)
-    dup = np.flatnonzero(np.bincount(codes)[codes] > 1)
+    # Candidates share a 64-bit key hash (from the map); exact key codes are computed for those rows only.
+    hcodes = pc.dictionary_encode(table.column(KEY_HASH).combine_chunks()).indices.to_numpy()
+    dup = np.flatnonzero(np.bincount(hcodes)[hcodes] > 1)
     keep = np.ones(n, dtype=bool)
     if len(dup):
         order_cols = (*spec.dedupe_order, SRC_FILE, SRC_ROW)
-        sub = table.select(list(order_cols)).take(pa.array(dup))
+        sub = table.select([*spec.key, *order_cols]).take(pa.array(dup))
+        codes = _key_codes(sub, spec.key)
         rank = pc.sort_indices(sub, sort_keys=[(c, "ascending", "at_end") for c in order_cols]).to_numpy()
-        _, first = np.unique(codes[dup][rank], return_index=True)
+        _, first = np.unique(codes[rank], return_index=True)
         keep[dup] = False
         keep[dup[rank[first]]] = True
     losers = np.flatnonzero(~keep)
@@ -516,7 +526,7 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
         if flagged.num_rows:
             out["anomaly_quarantine"] = _write_quarantine(flagged, anomaly.REASON, f"anomalies-{j:05d}", job)
             out["anomalies"] = flagged.num_rows
-    base = base.drop_columns([SRC_FILE, SRC_ROW])
+    base = base.drop_columns([SRC_FILE, SRC_ROW, KEY_HASH])
     out["rows"] = len(rows)
     if len(rows):
         # The split is decided here (md5 of the group value, no shuffle), so the survivors are written once,

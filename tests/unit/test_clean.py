@@ -272,3 +272,17 @@ def test_hash_matches_reference_and_is_offset_safe():
     assert h[1] == h[5] and len(set(h[[0, 1, 2, 4, 6]].tolist())) == 5
     assert (clean.hash_strings(arr.slice(2, 3)) == h[2:5]).all()
     assert (clean.hash_strings(pa.chunked_array([arr.slice(0, 2)]).combine_chunks()) == h[:2]).all()
+
+
+def test_dedupe_checks_real_keys_when_64bit_hashes_collide(tmp_path, dask_address, monkeypatch):
+    """Reduces pick duplicate candidates by the map's 64-bit key hash; colliding hashes of different keys
+    must not merge rows. With every hash forced equal the output is the same as with real hashes."""
+    monkeypatch.setenv("LEPTONFLOW_GC_GRACE_S", "0")
+    datagen.generate(str(tmp_path / "lake"), SPEC, DS, 1, 6_000, seed=9, files_per_day=2)
+    real = clean.run(_ctx(tmp_path, dask_address, partitions=1))
+    digests = _digests(_ctx(tmp_path, dask_address), "clean")
+    monkeypatch.setattr(clean, "key_hash", lambda table, key: np.full(table.num_rows, 7, dtype=np.uint64))
+    collided = clean.run(_ctx(tmp_path, dask_address, partitions=1, rerun="collide"))
+    assert collided["cache_hit"] is False and collided["clean_version"] != real["clean_version"]
+    assert collided["accounting"] == real["accounting"] and real["rejected_by_reason"]["duplicate_key"] > 0
+    assert _digests(_ctx(tmp_path, dask_address), "clean") == digests
