@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "clean_split"))
     p.add_argument("--resume", action="store_true",
                    help="reuse per-engine results saved in --workdir by an earlier invocation")
+    p.add_argument("--skip", default="", help="comma-separated ENGINE@GB runs not to attempt (e.g. polars@8: "
+                   "Polars holds the interval in memory and would exceed this machine's RAM)")
     p.add_argument("--engine", help=argparse.SUPPRESS)  # internal: run one engine in this process
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -368,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume and saved.exists():  # a measurement of an earlier, interrupted invocation
                 results.append(json.loads(saved.read_text()))
                 log.info("size %.2f GB: %s measured earlier (%s)", gb, engine, saved)
+                continue
+            if f"{engine}@{gb:g}" in args.skip.split(","):
+                results.append({"engine": engine, "gb": gb, "error": "not run (--skip)", "wall_s": float("nan"),
+                                "cpu_s": float("nan"), "peak_rss_bytes": 0, "rows_in": 0})
                 continue
             log.info("size %.2f GB: running %s", gb, engine)
             try:
