@@ -45,6 +45,7 @@ DS = "2026-11-01"
 START = "2026-11-01 00:00:00+00"
 END = "2026-11-02 00:00:00+00"
 ENGINES = ("leptonflow", "duckdb", "polars", "pyarrow_copy")
+COPY_REPEATS = 3
 WS = " \t\n\r\x0b\x0c"
 # leptonflow cluster for the bench: 2 single-thread workers (the machine has 2 cores). Workers start
 # spilling managed memory early so that peak memory depends on the task working set, not the data size.
@@ -377,8 +378,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             log.info("size %.2f GB: running %s", gb, engine)
             try:
-                r = _measure([sys.executable, __file__, "--engine", engine, "--data", str(data), "--scratch",
-                              str(scratch)], env)
+                # the floor is the best of COPY_REPEATS runs: a conservative (fast) floor on a shared machine
+                runs = []
+                for _ in range(COPY_REPEATS if engine == "pyarrow_copy" else 1):
+                    runs.append(_measure([sys.executable, __file__, "--engine", engine, "--data", str(data),
+                                          "--scratch", str(scratch)], env))
+                r = min(runs, key=lambda x: x["wall_s"])
+                if len(runs) > 1:
+                    r["wall_s_runs"] = [x["wall_s"] for x in runs]
             except RuntimeError as exc:  # e.g. killed for memory: record it, go on with the other engines
                 log.error("%s at %.2f GB failed: %s", engine, gb, str(exc)[:500])
                 r = {"error": str(exc)[:2000], "wall_s": float("nan"), "cpu_s": float("nan"), "peak_rss_bytes": 0,

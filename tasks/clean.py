@@ -57,6 +57,10 @@ TARGET_FILE_BYTES = 128 << 20  # output files aim at ~128 MB
 CHUNK_ROWS = 1 << 20  # rows per map task (whole row groups)
 MERGE_FANIN = 8
 SHUFFLE_DIR = "_shuffle"  # map -> reduce exchange files, removed before the commit
+# Shuffle-file buffer compression (LEPTONFLOW_SHUFFLE_COMPRESSION=lz4|zstd): ~2x / ~3x smaller files, for a
+# disk-bound exchange; measured on the 2-core box, lz4 cost +4-7 s at 2 GB and saved ~5 s at 8 GB: off by default,
+# so reduces memory-map the plain buffers without a copy.
+SHUFFLE_COMPRESSION = os.environ.get("LEPTONFLOW_SHUFFLE_COMPRESSION", "") or None
 # Params that change the output (the cache key): DAG-wide Params of other steps must not invalidate clean.
 # ``rerun`` is a free tag: a new value forces a recompute.
 CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun", "anomaly_check",
@@ -445,7 +449,9 @@ def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema:
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
-    with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, pa.ipc.new_file(sink, schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=SHUFFLE_COMPRESSION)
+    with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, \
+            pa.ipc.new_file(sink, schema, options=options) as writer:
         for j in range(len(bounds) - 1):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             writer.write_batch(pa.RecordBatch.from_arrays([a.slice(lo, hi - lo) for a in arrays], schema=schema))
