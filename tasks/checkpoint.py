@@ -32,7 +32,7 @@ from typing import Any
 import fsspec
 import torch
 
-from tasks.lake import write_atomic
+from tasks.lake import is_local, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ class CheckpointStore:
         self.url = url.rstrip("/")
         self.fs, self.path = fsspec.core.url_to_fs(self.url)
         self.path = self.path.rstrip("/")
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.local = "file" in protocols or "local" in protocols
+        self.local = is_local(self.fs)
 
     def _p(self, name: str) -> str:
         return f"{self.path}/{name}"

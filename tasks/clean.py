@@ -45,7 +45,8 @@ from distributed import Client, wait
 from tasks import features
 from tasks.cluster import client_for, describe
 from tasks.context import StepContext
-from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint
+from tasks.hashing import key_hash
+from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint, is_local
 from tasks.parquet_io import ParquetReadError, write_table
 from tasks.spec import ColumnSpec, DatasetSpec
 from tasks.split_assign import GROUPS
@@ -220,69 +221,6 @@ def _cast_numeric(arr: pa.Array, target: pa.DataType) -> pa.Array:
         return pc.if_else(fits, pc.if_else(fits, arr, 0).cast(target), pa.nulls(len(arr), target))
 
 
-# ---- hashing (stable across processes and machines) -----------------------------------------
-LONG_KEY = 64  # bytes
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer."""
-    with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _M1
-        h = (h ^ (h >> np.uint64(27))) * _M2
-        return h ^ (h >> np.uint64(31))
-
-
-def hash_strings(arr: pa.Array) -> np.ndarray:
-    """64-bit FNV-style hash of each UTF-8 value (nulls hash to a constant), fully vectorized.
-
-    One numpy pass per byte position over the rows still that long: cost ~ total bytes, no
-    per-byte index arrays (keys are short ids); values longer than LONG_KEY use a reduceat path.
-    """
-    if not pa.types.is_string(arr.type):
-        arr = arr.cast(pa.string())
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint64)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset: arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    lens = offsets[1:] - offsets[:-1]
-    starts = offsets[:-1]
-    h = np.zeros(n, dtype=np.uint64)
-    prime = np.uint64(1099511628211)
-    long_rows = np.flatnonzero(lens > LONG_KEY)
-    idx = np.flatnonzero((lens > 0) & (lens <= LONG_KEY))
-    j = 0
-    with np.errstate(over="ignore"):
-        while len(idx):
-            h[idx] = h[idx] * prime + data[starts[idx] + j].astype(np.uint64) + np.uint64(1)
-            j += 1
-            idx = idx[lens[idx] > j]
-        for i in long_rows:  # rare: one vectorized polynomial per long value
-            v = data[starts[i]: starts[i] + lens[i]].astype(np.uint64) + np.uint64(1)
-            powers = np.full(len(v), prime, dtype=np.uint64)
-            powers[0] = 1
-            h[i] = np.add.reduce(v * np.cumprod(powers, dtype=np.uint64)[::-1], dtype=np.uint64)
-        h = _mix(h ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
-    if arr.null_count:
-        h[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x5EED)
-    return h
-
-
-def key_hash(table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
-    """64-bit hash of each row's key (equal keys, equal hashes; the reverse needs checking)."""
-    h = np.zeros(table.num_rows, dtype=np.uint64)
-    for k in key:
-        with np.errstate(over="ignore"):
-            h = _mix(h * np.uint64(31) + hash_strings(table.column(k).combine_chunks()))
-    return h
-
-
-def bucket_of(table: pa.Table, key: tuple[str, ...], n_buckets: int) -> np.ndarray:
-    return (key_hash(table, key) % np.uint64(n_buckets)).astype(np.int64)
-
-
 # ---- tasks (run on workers) ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Chunk:
@@ -447,7 +385,7 @@ def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema:
     """
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    local = is_local(fs)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
     options = pa.ipc.IpcWriteOptions(compression=SHUFFLE_COMPRESSION)
     with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, \
@@ -463,7 +401,7 @@ def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema:
 def _read_shuffle(shuffle: dict[str, Any], j: int) -> pa.RecordBatch:
     """Batch `j` of one map task's shuffle file (zero-copy from a memory map on a local lake)."""
     fs, path = fsspec.core.url_to_fs(shuffle["url"])
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    local = is_local(fs)
     source = pa.memory_map(path) if local else fs.open(path, "rb")
     return pa.ipc.open_file(source).get_batch(j)
 
@@ -693,7 +631,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     end_us = int(ctx.interval_end.timestamp() * 1_000_000)
     params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
     fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us, _anomaly_history(ctx))
-    code = code_version("clean", "parquet_io", "split_assign", "features")
+    code = code_version("clean", "parquet_io", "split_assign", "features", "hashing")
     hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)
     if hit is not None and lake.cache_hit("quarantine", ctx.dataset, ctx.ds, fp, code, params) is not None:
         log.info("clean %s ds=%s: cache hit (version %s)", ctx.dataset, ctx.ds, hit.version)

@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tasks import keyring
 from tasks.keyring import KeyError_, Keyring
+from tasks.lake import is_local
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,7 @@ def _factory(ring: Keyring, fp: str, wrap_key_id: str) -> pe.CryptoFactory:
 def arrow_fs(url: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem + path for any fsspec URL (PME writes/reads sidecars through it)."""
     fs, path = fsspec.core.url_to_fs(url)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    if is_local(fs):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 

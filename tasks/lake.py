@@ -99,6 +99,12 @@ Signer = Callable[[bytes], str]
 Verifier = Callable[[bytes, str], bool]
 
 
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local disk (rename, hard links and memory maps work)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def write_atomic(fs: Any, path: str, data: bytes, local: bool) -> None:
     """Replace `path` with `data` in one step: temp file + os.replace locally, a single PUT on object stores."""
     if local:
@@ -145,7 +151,7 @@ class Lake:
         self.root = self.root.rstrip("/")
         self.signer = signer
         self.verifier = verifier
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.local = is_local(self.fs)
 
     # ---- paths -----------------------------------------------------------------
     def interval_dir(self, stage: str, dataset: str, ds: str) -> str:

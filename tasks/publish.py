@@ -42,7 +42,7 @@ import fsspec
 
 from tasks import signing
 from tasks.keyring import Keyring
-from tasks.lake import TASKS_DIR, Lake, Manifest, ManifestError, code_version, fingerprint, write_atomic
+from tasks.lake import TASKS_DIR, Lake, Manifest, ManifestError, code_version, fingerprint, is_local, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class Store:
 
     @property
     def local(self) -> bool:
-        protos = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        return "file" in protos or "local" in protos
+        return is_local(self.fs)
 
     def url(self, path: str) -> str:
         return path if self.local else self.fs.unstrip_protocol(path)

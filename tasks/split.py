@@ -21,11 +21,10 @@ from tasks import features
 from tasks.context import StepContext
 from tasks.crypto import key_material_url
 from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint
-from tasks.split_assign import GROUPS, assign, unit_interval
+from tasks.split_assign import GROUPS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUPS", "SplitError", "assign", "run", "unit_interval"]
 CACHE_PARAMS = ("encrypt", "rerun")  # params that change the output; ``rerun`` is a free tag forcing a recompute
 
 

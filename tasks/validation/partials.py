@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks import parquet_io
+from tasks.hashing import hash_strings
+from tasks.hashing import key_hash as hashing_key_hash
 
 log = logging.getLogger(__name__)
 
@@ -157,55 +159,14 @@ def read_chunk(chunk: Chunk, crypto: Any, columns: list[str] | None) -> pa.Table
         raise parquet_io.ParquetReadError(f"{chunk.url}: row groups {chunk.row_groups}: {exc}") from exc
 
 
-_M1, _M2, _P = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(1099511628211)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: spreads a weak hash over all 64 bits."""
-    with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _M1
-        h = (h ^ (h >> np.uint64(27))) * _M2
-        return h ^ (h >> np.uint64(31))
-
-
 def hash_values(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Stable 64-bit hash of each value (as UTF-8 text), vectorized over the Arrow buffers.
-
-    pandas' object hashing costs ~1 s per million strings; this is O(bytes) numpy.
-    """
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if not pa.types.is_string(arr.type):
-        arr = pc.cast(arr, pa.string())
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint64)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset : arr.offset + n + 1].astype(np.int64)
-    data = (
-        np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-        if bufs[2] is not None
-        else np.zeros(0, np.uint8)
-    )
-    starts, lens = offsets[:-1] - offsets[0], np.diff(offsets)
-    h = np.zeros(n, dtype=np.uint64)
-    nonempty = np.flatnonzero(lens > 0)
-    if nonempty.size:
-        pos = np.arange(data.size, dtype=np.int64) - np.repeat(starts, lens)
-        powers = np.cumprod(np.full(int(lens.max()), _P, dtype=np.uint64), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            h[nonempty] = np.add.reduceat((data.astype(np.uint64) + np.uint64(1)) * powers[pos], starts[nonempty])
-    with np.errstate(over="ignore"):
-        return _mix(h ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+    """Stable 64-bit hash of each value (as UTF-8 text); see :mod:`tasks.hashing`."""
+    return hash_strings(arr)
 
 
 def key_hash(keys: pa.Table) -> np.ndarray:
     """64-bit hash of each row's (compound) key."""
-    h = np.zeros(keys.num_rows, dtype=np.uint64)
-    for name in keys.column_names:
-        with np.errstate(over="ignore"):
-            h = _mix(h * np.uint64(31) + hash_values(keys.column(name)))
-    return h
+    return hashing_key_hash(keys, keys.column_names)
 
 
 def _bucket_of(keys: pa.Table, n_buckets: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from distributed import LocalCluster
 
-from tasks import clean, datagen, features, split
+from tasks import clean, datagen, features, split, split_assign
 from tasks.context import StepContext
 from tasks.parquet_io import read_table
 from tasks.spec import spec_for
@@ -44,12 +44,12 @@ def cleaned(tmp_path, dask_address, monkeypatch) -> StepContext:
 def _group_tables(ctx: StepContext) -> dict[str, pa.Table]:
     m = ctx.lake.require("split", "events", DS)
     return {g: pa.concat_tables([read_table(ctx.lake.abspath(m, f)) for f in m.group_files(g)])
-            for g in split.GROUPS}
+            for g in split_assign.GROUPS}
 
 
 def test_assignment_is_md5_of_salt_and_group_and_ratios_hold_at_200k_groups():
     users = pa.array([f"user-{i}" for i in range(200_000)])
-    code = split.assign(users, SPEC)
+    code = split_assign.assign(users, SPEC)
     share = np.bincount(code, minlength=3) / len(code)
     assert abs(share[0] - 0.8) < 0.005 and abs(share[1] - 0.1) < 0.005 and abs(share[2] - 0.1) < 0.005
     # the definition, in plain Python, for a few values (what any other engine must reproduce)
@@ -58,7 +58,7 @@ def test_assignment_is_md5_of_salt_and_group_and_ratios_hold_at_200k_groups():
         assert code[i] == (0 if u < 0.8 else 1 if u < 0.9 else 2)
     # the same group always gets the same split, wherever it appears
     shuffled = pa.array([f"user-{i}" for i in (5, 5, 17, 5, 17)])
-    c = split.assign(shuffled, SPEC)
+    c = split_assign.assign(shuffled, SPEC)
     assert c[0] == c[1] == c[3] == code[5] and c[2] == c[4] == code[17]
 
 
