@@ -278,6 +278,16 @@ def _raw_strings(table: pa.Table, spec: DatasetSpec, rows: np.ndarray) -> dict[s
     return out
 
 
+def _group_values(raw: pa.Table, cols: dict[str, pa.Array], spec: DatasetSpec) -> pa.Array:
+    """The normalized group column, still dictionary-encoded when the file stored it so (md5 per distinct value)."""
+    name = spec.group_column
+    col = raw.column(name).combine_chunks() if name in raw.column_names else None
+    if col is not None and pa.types.is_dictionary(col.type) and _is_str(col.type.value_type):
+        values, _ = coerce(col.dictionary, spec.column(name))
+        return pa.DictionaryArray.from_arrays(col.indices, values)
+    return cols[name]
+
+
 def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
     """Map task: rejected rows go to quarantine, valid ones to a bucketed shuffle file; returns the meta."""
     spec = job.spec
@@ -353,16 +363,20 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
 
     keep = np.flatnonzero(reason == 0)
     schema = spec.arrow_schema()
-    # bucket by key hash; within a bucket rows stay in source order (one take per column)
+    # Each valid row's split (md5 of its group value) is decided here, once per distinct value of the chunk's
+    # dictionary-encoded group column, and rows are ordered by (bucket, split): the reduce reads each split's
+    # rows as contiguous batches and never reorders them. Within a batch rows stay in source order.
+    n_groups = len(GROUPS)
+    split = split_assign(_group_values(raw, cols, spec), spec)[keep]
     h = key_hash(pa.table({k: cols[k] for k in spec.key}), spec.key)[keep]
-    bucket = (h % np.uint64(job.n_buckets)).astype(np.int64)
-    by_bucket = np.argsort(bucket, kind="stable")
-    order = pa.array(keep[by_bucket])
-    bounds = np.searchsorted(bucket[by_bucket], np.arange(job.n_buckets + 1))
+    part = (h % np.uint64(job.n_buckets)).astype(np.int64) * n_groups + split
+    by_part = np.argsort(part, kind="stable")
+    order = pa.array(keep[by_part])
+    bounds = np.searchsorted(part[by_part], np.arange(job.n_buckets * n_groups + 1))
     arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]
     arrays.append(pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
-    arrays.append(pa.array(keep[by_bucket] + chunk.first_row, pa.int64()))
-    arrays.append(pa.array(h[by_bucket], pa.uint64()))
+    arrays.append(pa.array(keep[by_part] + chunk.first_row, pa.int64()))
+    arrays.append(pa.array(h[by_part], pa.uint64()))
     meta["shuffle"] = _write_shuffle(f"{job.shuffle_dir}/map-{chunk.index:05d}.arrow", arrays, bounds,
                                      shuffle_schema(spec))
     meta["bytes_shuffled"] = meta["shuffle"]["bytes"]
@@ -433,15 +447,21 @@ def _write_quarantine(rows: pa.Table, reason: str, name: str, job: Job) -> FileE
 def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
     """Reduce task: keep the first row per key, quarantine the rest, write the bucket's clean rows by split."""
     spec = job.spec
-    batches = [_read_shuffle(m["shuffle"], j) for m in metas if m["shuffle"]["rows"][j]]
-    table = pa.Table.from_batches(batches) if batches else pa.table({})  # chunked: takes read the maps directly
+    schema = shuffle_schema(spec)
+    n_groups = len(GROUPS)
+    # The map ordered its rows by (bucket, split): batch j * 3 + g holds bucket j's rows of split g.
+    parts = []
+    for g in range(n_groups):
+        i = j * n_groups + g
+        batches = [_read_shuffle(m["shuffle"], i) for m in metas if m["shuffle"]["rows"][i]]
+        parts.append(pa.Table.from_batches(batches, schema=schema))  # chunked: no copy of the mapped batches
+    table = pa.concat_tables(parts)
     n = table.num_rows
     out: dict[str, Any] = {"bucket": j, "rows": 0, "duplicates": 0, "anomalies": 0, "clean": [],
                            "quarantine": None, "anomaly_quarantine": None, "by_split": dict.fromkeys(GROUPS, 0),
                            "state": None}
     if n == 0:
         return out
-    # Parts arrive in chunk order and each is in source order, so the table is in (source file, row) order.
     # Survivor per key = first in (dedupe_order..., source file, source row): sort those numbers, not the keys.
     # Only rows whose key occurs more than once need ordering (a few percent): no full sort.
     # Candidates share a 64-bit key hash (from the map); exact key codes are computed for those rows only.
@@ -460,33 +480,35 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
     if len(losers):
         out["quarantine"] = _write_quarantine(table.take(pa.array(losers)), "duplicate_key", f"duplicates-{j:05d}", job)
         out["duplicates"] = len(losers)
-    base, rows = table, np.flatnonzero(keep)
-    if job.anomaly is not None:
-        # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
+    flagged_parts = []
+    offsets = np.cumsum([0, *(p.num_rows for p in parts)])
+    for g, name in enumerate(GROUPS):
+        # survivors of split g: the contiguous rows of its batches minus the duplicates (a filter, no reorder)
+        mask = keep[offsets[g]:offsets[g + 1]]
+        part = parts[g] if mask.all() else parts[g].filter(pa.array(mask))
+        if job.anomaly is not None and part.num_rows:
+            # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
+            from tasks import anomaly
+
+            part, flagged = anomaly.split_table(part, job.anomaly)
+            if flagged.num_rows:
+                flagged_parts.append(flagged)
+        if not part.num_rows:
+            continue
+        part = part.drop_columns([SRC_FILE, SRC_ROW, KEY_HASH])
+        rel = f"{name}/part-{j:05d}.parquet"
+        out["clean"].append(write_table(f"{job.clean_dir}/{rel}", part, f"v={job.clean_version}/{rel}",
+                                        group=name, crypto=job.crypto))
+        out["by_split"][name] = part.num_rows
+        out["rows"] += part.num_rows
+        if name == "train":  # train-only feature statistics, mergeable across buckets
+            out["state"] = features.partial_fit(part, spec, seed=j)
+    if flagged_parts:
         from tasks import anomaly
 
-        base, flagged = anomaly.split_table(table.take(pa.array(rows)), job.anomaly)
-        rows = np.arange(base.num_rows)
-        if flagged.num_rows:
-            out["anomaly_quarantine"] = _write_quarantine(flagged, anomaly.REASON, f"anomalies-{j:05d}", job)
-            out["anomalies"] = flagged.num_rows
-    base = base.drop_columns([SRC_FILE, SRC_ROW, KEY_HASH])
-    out["rows"] = len(rows)
-    if len(rows):
-        # The split is decided here (md5 of the group value, no shuffle), so the survivors are written once,
-        # already in their split's folder (one take per split); the split step publishes these files as they are.
-        code = split_assign(base.column(spec.group_column).take(pa.array(rows)), spec)
-        for g, name in enumerate(GROUPS):
-            idx = rows[code == g]
-            if not len(idx):
-                continue
-            part = base.take(pa.array(idx))
-            rel = f"{name}/part-{j:05d}.parquet"
-            out["clean"].append(write_table(f"{job.clean_dir}/{rel}", part, f"v={job.clean_version}/{rel}",
-                                            group=name, crypto=job.crypto))
-            out["by_split"][name] = part.num_rows
-            if name == "train":  # train-only feature statistics, mergeable across buckets
-                out["state"] = features.partial_fit(part, spec, seed=j)
+        flagged = pa.concat_tables(flagged_parts)
+        out["anomaly_quarantine"] = _write_quarantine(flagged, anomaly.REASON, f"anomalies-{j:05d}", job)
+        out["anomalies"] = flagged.num_rows
     return out
 
 

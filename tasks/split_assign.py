@@ -30,12 +30,21 @@ def unit_interval(values: list[str], salt: str) -> np.ndarray:
 
 
 def assign(values: pa.Array | pa.ChunkedArray, spec: DatasetSpec) -> np.ndarray:
-    """Split code per row: 0 train, 1 val, 2 test (nulls are the group "")."""
+    """Split code per row: 0 train, 1 val, 2 test (nulls are the group "").
+
+    A dictionary-encoded column is hashed once per dictionary entry as it stands; other columns are
+    dictionary-encoded first. md5 is the costly part, so it runs once per distinct value.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if not pa.types.is_string(values.type):
-        values = values.cast(pa.string())
-    enc = pc.dictionary_encode(values.fill_null(""))
-    u = unit_interval(enc.dictionary.to_pylist(), spec.split.salt)
+    if not pa.types.is_dictionary(values.type):
+        if not pa.types.is_string(values.type):
+            values = values.cast(pa.string())
+        values = pc.dictionary_encode(values.fill_null(""))
+    dictionary = values.dictionary
+    if not pa.types.is_string(dictionary.type):
+        dictionary = dictionary.cast(pa.string())
+    # one more entry, the group "", for null indices
+    u = unit_interval([*dictionary.fill_null("").to_pylist(), ""], spec.split.salt)
     codes = np.where(u < spec.split.train, 0, np.where(u < spec.split.train + spec.split.val, 1, 2)).astype(np.int8)
-    return codes[enc.indices.to_numpy(zero_copy_only=False)]
+    return codes[values.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)]
