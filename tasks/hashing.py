@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-LONG_KEY = 64  # bytes
+LONG_KEY = 64  # bytes; longer values are hashed one at a time
+_G = np.uint64(0x9E3779B97F4A7C15)
+_WORD_C = tuple(np.uint64((0x9E3779B97F4A7C15 * (k + 1)) & 0xFFFFFFFFFFFFFFFF) for k in range(LONG_KEY // 8))
+_BYTE_MASKS = np.array([(1 << (8 * b)) - 1 for b in range(8)] + [0xFFFFFFFFFFFFFFFF], dtype=np.uint64)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -21,11 +24,31 @@ def mix(h: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(31))
 
 
-def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """64-bit FNV-style hash of each UTF-8 value (nulls hash to a constant), fully vectorized.
+_WORD_C0 = tuple(mix(np.array([c]))[0] for c in _WORD_C)  # f_k(0) == 0: zero padding adds nothing
 
-    One numpy pass per byte position over the rows still that long: cost ~ total bytes, no
-    per-byte index arrays (keys are short ids); values longer than LONG_KEY use a reduceat path.
+
+def _u64_at(buf: np.ndarray, count: int) -> np.ndarray:
+    """Element i = the little-endian uint64 in bytes i..i+7 of `buf` (a stride-1 view, no copy)."""
+    return np.ndarray(shape=(max(count, 0),), dtype="<u8", buffer=buf, strides=(1,)) if count > 0 else \
+        np.zeros(0, dtype=np.uint64)
+
+
+def _word_sum(words: np.ndarray) -> np.ndarray:
+    """Sum over 8-byte words k of mix(w_k + C_k) - mix(C_k): an all-zero (padding) word adds exactly 0."""
+    total = np.zeros(words.shape[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(words.shape[1]):
+            total += mix(words[:, k] + _WORD_C[k % len(_WORD_C)]) - _WORD_C0[k % len(_WORD_C)]
+    return total
+
+
+def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit hash of each UTF-8 value (nulls hash to a constant), vectorized over the Arrow buffers.
+
+    Definition (stable across processes and machines): the value's bytes as little-endian 8-byte
+    words w_k (the last one zero-padded), ``h = mix(sum_k (mix(w_k + C_k) - mix(C_k)) ^ (len + 1) * G)``.
+    Values up to LONG_KEY bytes are hashed a word position at a time over all rows (one unaligned
+    8-byte load per row, masked to its length), so a 15-byte id costs two vectorized passes.
     """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -39,22 +62,34 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     lens = offsets[1:] - offsets[:-1]
     starts = offsets[:-1]
-    h = np.zeros(n, dtype=np.uint64)
-    prime = np.uint64(1099511628211)
-    long_rows = np.flatnonzero(lens > LONG_KEY)
-    idx = np.flatnonzero((lens > 0) & (lens <= LONG_KEY))
-    j = 0
+    s = np.zeros(n, dtype=np.uint64)
+    short = np.flatnonzero((lens > 0) & (lens <= LONG_KEY))
+    if len(short):
+        st, ln = starts[short], lens[short]
+        # word k of every row = one unaligned 8-byte load at start + 8k (a stride-1 uint64 view of the
+        # bytes), masked to the row's length; rows too close to the buffer's end load from a padded tail copy
+        tail_from = max(len(data) - 2 * LONG_KEY, 0)
+        tail = np.zeros(len(data) - tail_from + LONG_KEY + 8, dtype=np.uint8)
+        tail[: len(data) - tail_from] = data[tail_from:]
+        body = _u64_at(data, len(data) - 7)
+        tails = _u64_at(tail, len(tail) - 7)
+        acc = np.zeros(len(short), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(int(-(-ln.max() // 8))):
+                pos = st + 8 * k
+                near_end = pos >= tail_from
+                w = np.empty(len(short), dtype=np.uint64)
+                w[~near_end] = body[pos[~near_end]]
+                w[near_end] = tails[pos[near_end] - tail_from]
+                w &= _BYTE_MASKS[np.clip(ln - 8 * k, 0, 8)]
+                acc += mix(w + _WORD_C[k]) - _WORD_C0[k]
+        s[short] = acc
+    for i in np.flatnonzero(lens > LONG_KEY):  # rare: one value at a time
+        v = np.zeros(-(-int(lens[i]) // 8) * 8, dtype=np.uint8)
+        v[: lens[i]] = data[starts[i]: starts[i] + lens[i]]
+        s[i] = _word_sum(v.view("<u8")[None, :])[0]
     with np.errstate(over="ignore"):
-        while len(idx):
-            h[idx] = h[idx] * prime + data[starts[idx] + j].astype(np.uint64) + np.uint64(1)
-            j += 1
-            idx = idx[lens[idx] > j]
-        for i in long_rows:  # rare: one vectorized polynomial per long value
-            v = data[starts[i]: starts[i] + lens[i]].astype(np.uint64) + np.uint64(1)
-            powers = np.full(len(v), prime, dtype=np.uint64)
-            powers[0] = 1
-            h[i] = np.add.reduce(v * np.cumprod(powers, dtype=np.uint64)[::-1], dtype=np.uint64)
-        h = mix(h ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+        h = mix(s ^ ((lens.astype(np.uint64) + np.uint64(1)) * _G))
     if arr.null_count:
         h[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x5EED)
     return h
