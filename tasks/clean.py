@@ -154,9 +154,9 @@ def coerce(arr: pa.Array, col: ColumnSpec) -> tuple[pa.Array, np.ndarray]:
     """(values of the spec type, mask of rows whose non-empty value did not parse)."""
     if pa.types.is_dictionary(arr.type):
         if col.type in ("string", "category") and _is_str(arr.type.value_type):
-            # normalize each distinct value once, then expand: the read kept the strings dictionary-encoded
+            # normalize each distinct value once; the rows keep pointing at the (normalized) dictionary
             values, _ = coerce(arr.dictionary, col)
-            return values.take(arr.indices), np.zeros(len(arr), dtype=bool)
+            return pa.DictionaryArray.from_arrays(arr.indices, values), np.zeros(len(arr), dtype=bool)
         arr = arr.dictionary_decode()
     if pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
@@ -249,12 +249,16 @@ class Job:
     shuffle_dir: str = ""  # full URL of the map -> reduce exchange folder (inside the clean version folder)
 
 
+def dictionary_columns(spec: DatasetSpec) -> list[str]:
+    """String columns other than the key: read, shuffled and filtered dictionary-encoded, decoded on write."""
+    return [c.name for c in spec.columns if c.type in ("string", "category") and c.name not in spec.key]
+
+
 def _read_chunk(chunk: Chunk, spec: DatasetSpec | None = None) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(chunk.url)
     # String columns other than the key are read dictionary-encoded: parquet stores them that way, so
     # decoding skips materializing every string, and trim/case run once per distinct value (coerce).
-    dict_cols = [c.name for c in spec.columns if c.type in ("string", "category") and c.name not in spec.key] \
-        if spec is not None else []
+    dict_cols = dictionary_columns(spec) if spec is not None else []
     try:
         with fs.open(path, "rb") as fh:
             md = pq.ParquetFile(fh).metadata
@@ -278,16 +282,6 @@ def _raw_strings(table: pa.Table, spec: DatasetSpec, rows: np.ndarray) -> dict[s
     return out
 
 
-def _group_values(raw: pa.Table, cols: dict[str, pa.Array], spec: DatasetSpec) -> pa.Array:
-    """The normalized group column, still dictionary-encoded when the file stored it so (md5 per distinct value)."""
-    name = spec.group_column
-    col = raw.column(name).combine_chunks() if name in raw.column_names else None
-    if col is not None and pa.types.is_dictionary(col.type) and _is_str(col.type.value_type):
-        values, _ = coerce(col.dictionary, spec.column(name))
-        return pa.DictionaryArray.from_arrays(col.indices, values)
-    return cols[name]
-
-
 def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
     """Map task: rejected rows go to quarantine, valid ones to a bucketed shuffle file; returns the meta."""
     spec = job.spec
@@ -309,6 +303,9 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
                 flag(f"unparseable:{c.name}", bad)
         else:
             cols[c.name] = pa.nulls(n, c.arrow_type())
+    for name in dictionary_columns(spec):
+        if not pa.types.is_dictionary(cols[name].type):  # stored as another type, or missing: encode here
+            cols[name] = pc.dictionary_encode(cols[name].cast(pa.string()))
     for c in spec.columns:
         if c.required:
             flag(f"missing_required:{c.name}", cols[c.name].is_null().to_numpy(zero_copy_only=False))
@@ -317,6 +314,8 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
         if c.min is None and c.max is None:
             continue
         v = cols[c.name]
+        if pa.types.is_dictionary(v.type):
+            v = v.dictionary_decode()
         low = pc.less(v, c.min).fill_null(False) if c.min is not None else pa.repeat(False, n)
         high = pc.greater(v, c.max).fill_null(False) if c.max is not None else pa.repeat(False, n)
         bad = pc.or_(low, high).to_numpy(zero_copy_only=False)
@@ -333,12 +332,17 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
         if not c.allowed:
             continue
         v = cols[c.name]
-        unknown = pc.and_(pc.is_valid(v), pc.invert(pc.is_in(v, value_set=pa.array(c.allowed)))).to_numpy(
+        values = v.dictionary if pa.types.is_dictionary(v.type) else v
+        unknown = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=pa.array(c.allowed)))).to_numpy(
             zero_copy_only=False)
+        if pa.types.is_dictionary(v.type):  # decided per dictionary entry; rows follow their index
+            mapped = pc.if_else(pa.array(unknown), c.unknown_value, values)
+            unknown = np.append(unknown, False)[v.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)]
         if c.on_unknown == "reject":
             flag(f"unknown_category:{c.name}", unknown)
         else:
-            cols[c.name] = pc.if_else(pa.array(unknown), c.unknown_value, v)
+            cols[c.name] = pa.DictionaryArray.from_arrays(v.indices, mapped) if pa.types.is_dictionary(v.type) \
+                else pc.if_else(pa.array(unknown), c.unknown_value, v)
             repaired[f"mapped_unknown:{c.name}"] = int((unknown & (reason == 0)).sum())
     ts = cols[spec.time_column].cast(pa.int64()).to_numpy(zero_copy_only=False)
     with np.errstate(invalid="ignore"):
@@ -362,18 +366,18 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
         meta["rejected"] = {str(names[v - 1]): int(k) for v, k in zip(vals, counts, strict=True)}
 
     keep = np.flatnonzero(reason == 0)
-    schema = spec.arrow_schema()
+    schema = shuffle_schema(spec)
     # Each valid row's split (md5 of its group value) is decided here, once per distinct value of the chunk's
     # dictionary-encoded group column, and rows are ordered by (bucket, split): the reduce reads each split's
     # rows as contiguous batches and never reorders them. Within a batch rows stay in source order.
     n_groups = len(GROUPS)
-    split = split_assign(_group_values(raw, cols, spec), spec)[keep]
+    split = split_assign(cols[spec.group_column], spec)[keep]  # dictionary-encoded: md5 per distinct value
     h = key_hash(pa.table({k: cols[k] for k in spec.key}), spec.key)[keep]
     part = (h % np.uint64(job.n_buckets)).astype(np.int64) * n_groups + split
     by_part = np.argsort(part, kind="stable")
     order = pa.array(keep[by_part])
     bounds = np.searchsorted(part[by_part], np.arange(job.n_buckets * n_groups + 1))
-    arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]
+    arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]  # dict: int take
     arrays.append(pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
     arrays.append(pa.array(keep[by_part] + chunk.first_row, pa.int64()))
     arrays.append(pa.array(h[by_part], pa.uint64()))
@@ -384,8 +388,32 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
 
 
 def shuffle_schema(spec: DatasetSpec) -> pa.Schema:
-    return pa.schema([*spec.arrow_schema(), pa.field(SRC_FILE, pa.int32()), pa.field(SRC_ROW, pa.int64()),
+    """The clean schema with dictionary-encoded non-key strings, plus source file/row and key hash."""
+    dict_cols = set(dictionary_columns(spec))
+    fields = [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in dict_cols else f
+              for f in spec.arrow_schema()]
+    return pa.schema([*fields, pa.field(SRC_FILE, pa.int32()), pa.field(SRC_ROW, pa.int64()),
                       pa.field(KEY_HASH, pa.uint64())])
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """Dictionary columns back to plain strings (chunk by chunk: the maps' dictionaries differ)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
+    return table
+
+
+def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Rows (ascending positions) of a chunked table, decoded; taken per batch, so no dictionary unification."""
+    pieces, lo = [], 0
+    for batch in table.to_batches():
+        hi = lo + batch.num_rows
+        local = rows[(rows >= lo) & (rows < hi)] - lo
+        if len(local):
+            pieces.append(_decoded(pa.Table.from_batches([batch.take(pa.array(local))])))
+        lo = hi
+    return pa.concat_tables(pieces) if pieces else _decoded(table.slice(0, 0))
 
 
 def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema: pa.Schema) -> dict[str, Any]:
@@ -470,7 +498,7 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
     keep = np.ones(n, dtype=bool)
     if len(dup):
         order_cols = (*spec.dedupe_order, SRC_FILE, SRC_ROW)
-        sub = table.select([*spec.key, *order_cols]).take(pa.array(dup))
+        sub = _take_rows(table.select([*spec.key, *order_cols]), dup)
         codes = _key_codes(sub, spec.key)
         rank = pc.sort_indices(sub, sort_keys=[(c, "ascending", "at_end") for c in order_cols]).to_numpy()
         _, first = np.unique(codes[rank], return_index=True)
@@ -478,14 +506,14 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
         keep[dup[rank[first]]] = True
     losers = np.flatnonzero(~keep)
     if len(losers):
-        out["quarantine"] = _write_quarantine(table.take(pa.array(losers)), "duplicate_key", f"duplicates-{j:05d}", job)
+        out["quarantine"] = _write_quarantine(_take_rows(table, losers), "duplicate_key", f"duplicates-{j:05d}", job)
         out["duplicates"] = len(losers)
     flagged_parts = []
     offsets = np.cumsum([0, *(p.num_rows for p in parts)])
     for g, name in enumerate(GROUPS):
         # survivors of split g: the contiguous rows of its batches minus the duplicates (a filter, no reorder)
         mask = keep[offsets[g]:offsets[g + 1]]
-        part = parts[g] if mask.all() else parts[g].filter(pa.array(mask))
+        part = _decoded(parts[g] if mask.all() else parts[g].filter(pa.array(mask)))
         if job.anomaly is not None and part.num_rows:
             # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
             from tasks import anomaly

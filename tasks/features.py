@@ -78,20 +78,31 @@ def partial_fit(table: pa.Table, spec: DatasetSpec, seed: int = 0, sample_size: 
     table = add_derived(table, spec.features.derived)
     state: dict[str, Any] = {"rows": table.num_rows, "numeric": {}, "categorical": {}, "sample_size": sample_size}
     prio = _priorities(table.num_rows, seed)
+    # The sample of a column = its non-null rows of smallest priority. Take twice the sample size of
+    # smallest-priority rows once; a column with enough non-null rows among them needs no full pass.
+    cand = _bottom_k(prio, 2 * sample_size)
     for col in spec.features.numeric:
         if col not in table.column_names:
             raise FeatureError(f"numeric feature {col!r} is not a column of the table")
-        arr = table.column(col).cast(pa.float64()).to_numpy()  # nulls -> NaN
-        ok = ~np.isnan(arr)
-        vals, p = arr[ok], prio[ok]
+        column = table.column(col)
+        arr = column.cast(pa.float64()).to_numpy()  # nulls -> NaN
+        if column.null_count:
+            ok = ~np.isnan(arr)
+            vals, rows = arr[ok], np.flatnonzero(ok)
+        else:
+            ok, vals, rows = None, arr, None
         n = len(vals)
         mean = float(vals.mean()) if n else 0.0
-        keep = _bottom_k(p, sample_size)
+        d = vals - mean
+        picked = cand if ok is None else cand[ok[cand]]
+        if len(picked) < min(sample_size, n):  # many nulls: the full pass
+            picked = rows[_bottom_k(prio[rows], sample_size)]
+        picked = picked[:sample_size]
         state["numeric"][col] = {
             "count": n, "nulls": int(len(arr) - n), "mean": mean,
-            "m2": float(((vals - mean) ** 2).sum()) if n else 0.0,
+            "m2": float(np.dot(d, d)) if n else 0.0,
             "min": float(vals.min()) if n else None, "max": float(vals.max()) if n else None,
-            "sample": vals[keep], "prio": p[keep],
+            "sample": arr[picked], "prio": prio[picked],
         }
     for col in spec.features.categorical:
         if col not in table.column_names:
