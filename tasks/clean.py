@@ -12,14 +12,21 @@ Plan (all per-partition work is Arrow-native, no per-row Python):
    ``out_of_range:<col>`` (reject rules), ``unknown_category:<col>`` (reject rules),
    ``out_of_interval``. Clip/map rules repair the remaining rows. Rejected rows are
    written to quarantine from the task (raw values as strings + ``_reason``,
-   ``_source_file``, ``_source_row``); valid rows are hash-partitioned on ``spec.key``
-   into ``P`` buckets.
-3. Reduce task per bucket (the shuffle moves each bucket's pieces from all map tasks
-   to one worker): sort by (key, dedupe_order..., source file, source row), keep the
-   first row per key, quarantine the others as ``duplicate_key``, and write the
-   survivors in (source file, source row) order. ``P`` depends only on the input
-   size, and every task is a pure function of its input, so output files are
-   byte-identical whatever the cluster size or worker failures (with encryption off).
+   ``_source_file``, ``_source_row``). Each valid row gets its split (``tasks.split_assign``:
+   md5 once per distinct group value of the chunk's dictionary) and a 64-bit key hash; rows
+   are ordered by (bucket = hash mod ``P``, split) and written to the task's Arrow IPC
+   shuffle file, one record batch per (bucket, split), non-key strings still
+   dictionary-encoded.
+3. Reduce task per bucket: memory-map batch (bucket, split) of every map file (the shuffle
+   goes through the lake, not worker memory). Rows whose key hash occurs more than once are
+   the duplicate candidates; their exact keys decide, and the survivor per key is the first
+   in (dedupe_order..., source file, source row); the others are quarantined as
+   ``duplicate_key``. Each split's survivors (its batches minus the duplicates, still in
+   (source file, source row) order) are decoded and written once, straight into
+   ``train/ val/ test/``, and the train rows give mergeable feature statistics. ``P``
+   depends only on the input size, and every task is a pure function of its input, so
+   output files are byte-identical whatever the cluster size or worker failures (with
+   encryption off).
 4. Exact accounting: rows_in (from the footers) == clean + rejected, else raise.
    ``quarantine`` then ``clean`` manifests are committed; on any error the new
    version folders are discarded and earlier commits stay untouched.
@@ -271,12 +278,10 @@ def _read_chunk(chunk: Chunk, spec: DatasetSpec | None = None) -> pa.Table:
 
 def _raw_strings(table: pa.Table, spec: DatasetSpec, rows: np.ndarray) -> dict[str, pa.Array]:
     out = {}
+    sub = _take_rows(table, rows)  # per row group: no copy of the whole chunk, no dictionary unification
     for c in spec.columns:
-        if c.name in table.column_names:
-            col = table.column(c.name).combine_chunks().take(pa.array(rows))
-            if pa.types.is_dictionary(col.type):
-                col = col.dictionary_decode()
-            out[c.name] = col.cast(pa.string())
+        if c.name in sub.column_names:
+            out[c.name] = sub.column(c.name).cast(pa.string()).combine_chunks()
         else:
             out[c.name] = pa.nulls(len(rows), pa.string())
     return out
