@@ -10,6 +10,9 @@
 The backend config is a small dict (from the ``dask_default`` Airflow Connection
 or the CLI): ``{"backend": "local"}``, ``{"backend": "address", "address": "tcp://..."}``,
 ``{"backend": "gateway", "address": "http://...", "proxy_address": ..., "cluster_name": ...}``.
+
+While a step runs, ``tasks.cluster.drain.release_on_drain`` gives back the idle workers its
+unfinished tasks can no longer use (local: retired; gateway: scaled down; address: left alone).
 """
 
 from __future__ import annotations

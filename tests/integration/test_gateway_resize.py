@@ -173,3 +173,35 @@ def test_sensor_scales_gateway_cluster_for_clean_then_down(lf_home, gateway_conf
     clusters.resize(gateway_config, 0)
     assert _wait_workers(gateway_config, 0) == 0
     history.dispose()
+
+
+def test_release_on_drain_scales_the_gateway_cluster_down(gateway_config):
+    from distributed import Event
+
+    from tasks.cluster import ClusterPlan, drain
+
+    def hold(event_name: str) -> int:  # local: pickled by value (the gateway's workers cannot import tests/)
+        from distributed import Event
+
+        Event(event_name).wait(120)
+        return 7
+
+    clusters.resize(gateway_config, 3)
+    assert _wait_workers(gateway_config, 3) == 3
+    with gateway.connect(gateway_config, ClusterPlan(workers=3)) as client:
+        assert type(client.cluster).__module__.startswith("dask_gateway")
+        release = Event("lf-gw-drain", client=client)
+        busy = client.submit(hold, "lf-gw-drain", pure=False)
+        for _ in range(200):
+            if any(client.processing().values()):
+                break
+            time.sleep(0.1)
+        busy_worker = next(a for a, keys in client.processing().items() if keys)
+        assert drain.release_on_drain(client, 3) == []  # as much work left as workers
+        assert len(drain.release_on_drain(client, 1)) == 2  # one task left: two idle workers go
+        assert _wait_workers(gateway_config, 1) == 1
+        assert list(client.nthreads()) == [busy_worker]  # the gateway retired the idle ones, not the busy one
+        release.set()
+        assert busy.result(timeout=60) == 7
+    clusters.resize(gateway_config, 0)
+    assert _wait_workers(gateway_config, 0) == 0

@@ -61,8 +61,32 @@ def test_plan_is_smallest_size_meeting_deadline():
 
 
 def test_impossible_deadline_uses_fastest_size_and_says_so():
-    plan = forecast.make_plan(_history(), 1e10, deadline_s=1, max_workers=8, memory_per_worker=64 << 30)
+    plan = forecast.make_plan(_history(), 1e10, deadline_s=1, max_workers=8, memory_per_worker=64 << 30,
+                              fallback_tolerance=0.0)
     assert plan.workers == 8 and "cannot be met" in plan.reason
+    # by default: the smallest size within 10% of the fastest one's upper wall time
+    near = forecast.make_plan(_history(), 1e10, deadline_s=1, max_workers=8, memory_per_worker=64 << 30)
+    up = forecast.Forecaster.fit(_history()).predict(1e10, np.arange(1, 9), 1)["wall_s_upper"]
+    assert near.workers == 1 + int(np.flatnonzero(up <= 1.1 * up.min())[0]) < 8 and "cannot be met" in near.reason
+
+
+def test_impossible_deadline_does_not_buy_workers_that_barely_help():
+    """Runs on a box where more workers barely help (2 cores): 1..3 workers all miss the deadline at
+    the upper bound, 3 workers only ~5% faster than 1. The plan takes the smallest size within 10% of
+    the fastest, not 3x the workers for 5% less time; with no tolerance it takes the fastest."""
+    rng = np.random.default_rng(8)
+
+    def truth(b, w):
+        return 1.0 + b / 1e7 * (1.0 + 0.05 / w)  # almost all of the work is serial
+
+    rows = []
+    for i in range(15):
+        b, w = float(rng.uniform(5e7, 1e8)), 1 + i % 3
+        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1, wall_s=truth(b, w)))
+    plan = forecast.make_plan(rows, 1e8, deadline_s=5, max_workers=3, memory_per_worker=64 << 30)
+    assert plan.workers == 1 and "within 10% of the fastest" in plan.reason
+    assert forecast.make_plan(rows, 1e8, deadline_s=5, max_workers=3, memory_per_worker=64 << 30,
+                              fallback_tolerance=0.0).workers == 3
 
 
 def test_heuristic_with_little_history():
@@ -208,3 +232,32 @@ def test_two_sizes_measure_how_much_work_is_serial():
         assert abs(f.predict(1.5e9, [w], 1)["wall_s"][0] - truth(1.5e9, w)) / truth(1.5e9, w) < 0.06
     plan = forecast.make_plan(rows, 1.5e9, deadline_s=30, max_workers=2, memory_per_worker=64 << 30)
     assert "serial" in plan.reason
+
+
+def test_wave_model_wins_when_tasks_run_in_whole_waves():
+    """Runs of 5..20 equal tasks on 1..4 workers: wall = overhead + ceil(tasks/workers) x task time.
+    With the partitions recorded the wave model beats the smooth one on leave-one-out error and
+    predicts a half-empty last wave as a whole one; without partitions the smooth model stays."""
+    rng = np.random.default_rng(6)
+    per_task_bytes = 2.5e8
+
+    def truth(p, w):
+        return 2.0 + np.ceil(p / w) * per_task_bytes / 1e8
+
+    rows = []
+    for _ in range(24):
+        p, w = int(rng.integers(5, 21)), int(rng.integers(1, 5))
+        rows.append(dict(success=True, input_bytes=p * per_task_bytes, workers=w, threads=1, partitions=p,
+                         wall_s=float(truth(p, w)) * float(rng.lognormal(0, 0.02))))
+    f = forecast.Forecaster.fit(rows)
+    assert f.waves and f.waves_loo_mape < f.smooth_loo_mape
+    for p, w in ((9, 4), (12, 4), (13, 3), (7, 2)):
+        got = f.predict(p * per_task_bytes, [w], 1, partitions=p)["wall_s"][0]
+        assert abs(got - truth(p, w)) / truth(p, w) < 0.05
+    # tasks not given: estimated from the history's bytes per partition
+    assert f.tasks_for(9 * per_task_bytes) == 9
+    plan = forecast.make_plan(rows, 9 * per_task_bytes, deadline_s=2.0 + 3 * 2.5 * 1.2, max_workers=8,
+                              memory_per_worker=64 << 30, partitions=9)
+    assert plan.workers == 3 and "wave model" in plan.reason  # 3 waves of 3; 4 workers would still need 3
+    smooth = forecast.Forecaster.fit([{k: v for k, v in r.items() if k != "partitions"} for r in rows])
+    assert not smooth.waves and smooth.waves_loo_mape is None
