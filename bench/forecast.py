@@ -14,8 +14,10 @@ like ``clean``'s ``n_buckets = bytes / target_file_bytes``.
 1. **Real** (short): on real LocalClusters (processes, 1 thread per worker) on this machine.
    ``forecast`` pre-warms the cluster from the next interval's *volume* forecast (as the DAG's
    sensor can before the data lands), re-plans with the real input size when it lands
-   (``tasks.forecast.make_plan`` on a real ``tasks.history`` SQLite store) and releases its
-   workers when the step ends; ``adapt`` is ``cluster.adapt(1, max)`` with Dask's defaults;
+   (``tasks.forecast.make_plan`` on a real ``tasks.history`` SQLite store), releases idle workers
+   the unfinished tasks can no longer use while the step runs (``tasks.cluster.drain``, called each
+   second from the progress loop as the product's steps do; ``--no-drain`` turns it off) and releases
+   its workers when the step ends; ``adapt`` is ``cluster.adapt(1, max)`` with Dask's defaults;
    ``static`` always runs max workers (kept standing here; see the accounting below). Per-task
    durations (Dask's task stream) and worker start-up (scale request -> worker registered) are
    measured here and calibrate (2).
@@ -33,7 +35,9 @@ cluster's floor) is billed only while the step runs. ``static`` is the forecast 
 sizing: max workers pre-warmed before the data lands and released after, so it is billed
 max x wall + (max - 1) x one worker start-up (in the real part its cluster stays up between
 intervals to save time, and the start-up is the median measured one). Makespan = from the data
-landing to the step's end.
+landing to the step's end. The work floor (``work_floor``) is the sum of task durations, per
+interval the least any policy needed: no policy bills fewer worker-seconds, so floor / adapt is the
+lowest cost ratio any policy could reach; each policy's cost / floor is reported.
 
     flock /tmp/lf-bench.lock env PYTHONPATH=. .venv/bin/python bench/forecast.py
 
@@ -43,6 +47,7 @@ Writes bench/results/forecast.json and forecast.png and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import json
 import logging
@@ -70,6 +75,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tasks import forecast, history  # noqa: E402
+from tasks.cluster import drain as cluster_drain  # noqa: E402
 
 log = logging.getLogger("bench.forecast")
 RESULTS = REPO / "bench" / "results"
@@ -153,35 +159,57 @@ def lf_reduce(out: str, *pieces: Any) -> int:
     return len(df)
 
 
-def clean_like(client: Any, files: list[str], sizes: list[int], out_dir: Path) -> dict[str, Any]:
-    """Run the graph; return rows out, per-task compute durations (task stream) and map-output bytes."""
+def clean_like(client: Any, files: list[str], sizes: list[int], out_dir: Path, drain: bool = False) -> dict[str, Any]:
+    """Run the graph; return rows out, per-task compute durations (task stream) and map-output bytes.
+
+    Waits in a one-second progress loop as ``tasks/clean.py``'s ``_run_graph`` does; with `drain` (the
+    forecast policy, as the product) each pass calls ``tasks.cluster.drain.release_on_drain`` with the
+    unfinished map + reduce tasks. The client drops its references to the map outputs once the
+    reduces are submitted (clean's map outputs are shuffle files; only small metas stay referenced),
+    so a retired worker moves only the reduce inputs still needed, for every policy alike.
+    """
     from distributed import get_task_stream
 
     out_dir.mkdir(parents=True, exist_ok=True)
     n_buckets = len(files)  # one bucket per ~input piece, as clean's bytes / target_file_bytes
     tok = uuid.uuid4().hex
+    released = 0
     with get_task_stream(client) as ts:
         maps = [client.submit(lf_map, f, n_buckets, key=f"lfmap-{tok}-{i}") for i, f in enumerate(files)]
         picks = [[client.submit(operator.getitem, m, j, key=f"lfpick-{tok}-{i}-{j}") for j in range(n_buckets)]
                  for i, m in enumerate(maps)]
         reds = [client.submit(lf_reduce, str(out_dir / f"part-{j}.parquet"), *[p[j] for p in picks],
                               key=f"lfreduce-{tok}-{j}") for j in range(n_buckets)]
+        map_keys = [m.key for m in maps]
+        for phase in ("map", "reduce"):  # the progress loop: maps (to take their sizes), then the reduces
+            # polled, not wait(timeout=...): a timed-out wait leaves reference cycles that keep these futures
+            # (and their results on the workers) alive after the step until the garbage collector runs
+            next_check = time.monotonic() + 1.0
+            while not all(f.done() for f in (maps if phase == "map" else reds)):
+                time.sleep(0.02)
+                if drain and time.monotonic() >= next_check:  # once a second, as the step's progress loop
+                    next_check += 1.0
+                    left = sum(not f.done() for f in maps) + sum(not f.done() for f in reds)
+                    released += len(cluster_drain.release_on_drain(client, left))
+            if phase == "map":  # map-output sizes while the outputs are in memory (the picks still need them)
+                map_nbytes = client.run_on_scheduler(
+                    lambda dask_scheduler, keys: [dask_scheduler.tasks[k].nbytes if k in dask_scheduler.tasks
+                                                  else -1 for k in keys], keys=map_keys)
+                maps, picks = [], None
         rows = int(sum(client.gather(reds)))
-        map_nbytes = client.run_on_scheduler(
-            lambda dask_scheduler, keys: [dask_scheduler.tasks[k].nbytes if k in dask_scheduler.tasks else -1
-                                          for k in keys], keys=[m.key for m in maps])
-    index = {m.key: i for i, m in enumerate(maps)}
+    index = {k: i for i, k in enumerate(map_keys)}
     tasks_ = []
     for rec in ts.data:
         key = rec.get("key")
-        if not isinstance(key, str) or not key.startswith(("lfmap-", "lfreduce-")):
-            continue
+        if not isinstance(key, str) or not key.startswith((f"lfmap-{tok}-", f"lfreduce-{tok}-")):
+            continue  # only this step's tasks
         secs = sum(s["stop"] - s["start"] for s in rec.get("startstops", ()) if s.get("action") == "compute")
         kind = key.split("-")[0]
         nbytes = sizes[index[key]] if kind == "lfmap" else sum(sizes) / n_buckets
         tasks_.append({"kind": kind, "seconds": secs, "input_bytes": nbytes})
-    del maps, picks, reds
-    return {"rows": rows, "tasks": tasks_, "buckets": n_buckets,
+    del reds
+    gc.collect()  # no future of this step may outlive it (a lost result would be recomputed later)
+    return {"rows": rows, "tasks": tasks_, "buckets": n_buckets, "released_on_drain": released,
             "map_output_bytes": float(sum(x for x in map_nbytes if x > 0))}
 
 
@@ -277,7 +305,7 @@ class RealClusters:
 
 
 def run_real(clusters: RealClusters, policy: str, files: list[str], sizes: list[int], tmp: Path,
-             prewarm: int = 1, plan_workers: int | None = None) -> dict[str, Any]:
+             prewarm: int = 1, plan_workers: int | None = None, drain: bool = True) -> dict[str, Any]:
     """One interval of one policy; see the module docstring for the accounting."""
     client, cluster = clients_cluster = clusters.clients[policy], clusters.clusters[policy]
     del clients_cluster
@@ -297,7 +325,7 @@ def run_real(clusters: RealClusters, policy: str, files: list[str], sizes: list[
         startup_on_path = clusters.scale(policy, plan_workers)  # the re-plan on the real size: waits if larger
     out = tmp / f"out-{policy}-{time.monotonic_ns()}"
     t1 = time.perf_counter()
-    res = clean_like(client, files, sizes, out)
+    res = clean_like(client, files, sizes, out, drain=drain and policy == "forecast")
     t2 = time.perf_counter()
     if policy == "forecast":
         cluster.scale(1)  # released when the step ends
@@ -317,6 +345,7 @@ def run_real(clusters: RealClusters, policy: str, files: list[str], sizes: list[
                 + sampler.integral(t2, t_rel, floor))
         used = sampler.max_registered(t1, t2)
     return {"wall_s": wall, "startup_s": startup, "startup_on_path_s": startup_on_path, "cost": cost,
+            "work_s": float(sum(t["seconds"] for t in res["tasks"])), "released_on_drain": res["released_on_drain"],
             "makespan": t2 - t_land, "workers": used, "rows_out": res["rows"], "peak_memory": sampler.peak_memory,
             "spilled": sampler.spilled, "tasks": res["tasks"], "map_output_bytes": res["map_output_bytes"],
             "tail_s": t_rel - t2, "loadavg_1m": [load_before, os.getloadavg()[0]]}
@@ -345,6 +374,7 @@ def real_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             clusters.scale("forecast", 2)
             clusters.scale("forecast", 1)
         rate = cal_bytes / cal["wall_s"]
+        piece_bytes = cal_bytes / len(cal_files)  # one raw file = one map task (the plan's partition size)
         deadline = args.real_deadline_factor * cal["wall_s"]
         log.info("real calibration: %.2f MB in %s s on 1 worker (median %.2f MB/s); deadline %.1fs; start-ups %s",
                  cal_bytes / 1e6, [round(c["wall_s"], 2) for c in cals], rate / 1e6, deadline,
@@ -359,15 +389,18 @@ def real_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             else:
                 vol_pred, vol_how = float(cal_bytes), "calibration interval"
             pre = forecast.make_plan(past, vol_pred, deadline_s=deadline, max_workers=args.real_max_workers,
-                                     memory_per_worker=mem, quantile=QUANTILE, heuristic_bytes_per_s=rate)
+                                     memory_per_worker=mem, quantile=QUANTILE, heuristic_bytes_per_s=rate,
+                                     partition_bytes=piece_bytes)
             files, nbytes = interval_files(pool, int(args.base_rows * vol), args.rows_per_file, 7 * i)
             sizes = [os.path.getsize(f) for f in files]
             plan = forecast.make_plan(past, nbytes, deadline_s=deadline, max_workers=args.real_max_workers,
-                                      memory_per_worker=mem, quantile=QUANTILE, heuristic_bytes_per_s=rate)
+                                      memory_per_worker=mem, quantile=QUANTILE, heuristic_bytes_per_s=rate,
+                                      partition_bytes=nbytes / len(files))
             volumes.append((ds, float(nbytes)))
             order = list(POLICIES) if i % 2 == 0 else list(reversed(POLICIES))  # alternate order: fair noise
             for policy in order:
-                r = run_real(clusters, policy, files, sizes, tmp, prewarm=pre.workers, plan_workers=plan.workers)
+                r = run_real(clusters, policy, files, sizes, tmp, prewarm=pre.workers, plan_workers=plan.workers,
+                             drain=args.drain)
                 r.update(policy=policy, ds=ds, input_bytes=nbytes, interval=i, deadline=deadline,
                          missed=r["makespan"] > deadline, spill=r["spilled"] > 0, oom=False)
                 if policy == "forecast":
@@ -460,7 +493,7 @@ class _Prefix:
 
 def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_memory: float,
                   startup: Any, *, adapt_max: int | None = None, prewarm: int = 1, prewarm_lead: float = 0.0,
-                  workers: int = 1, standing: int = 1, tick_phase: float = 0.0) -> dict[str, Any]:
+                  workers: int = 1, standing: int = 1, tick_phase: float = 0.0, drain: bool = False) -> dict[str, Any]:
     """Run one step: ``len(map_d)`` map tasks, then (after all of them: the shuffle barrier)
     ``len(red_d)`` reduce tasks, each worker one thread taking the next ready task.
 
@@ -469,6 +502,9 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
     ones requested now, surplus released now) and everything above ``standing`` is released at the end.
     Adaptive (``adapt_max``): Dask's loop every second from one worker (see ``_adapt_tick``), running on
     after the step until the cluster is back at its minimum.
+    ``drain`` (fixed size only; the forecast policy): the step's progress loop calls
+    ``tasks.cluster.drain`` every second (phase ``tick_phase``): idle registered workers beyond the
+    unfinished tasks (maps left + reduces left, never below ``standing``) are released at once.
     ``startup()`` draws one worker's start-up (request -> registered). Returns wall, cost (billed
     worker-seconds, standing workers only while the step runs), peak workers and data per worker.
     """
@@ -500,6 +536,7 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
     peak_workers, peak_data = 0, 0.0
     end_t: float | None = None
     requests: list[tuple[float, int]] = []  # (t, workers requested)
+    arrive: dict[int, float] = {}  # requested worker -> when it registers (its start-up ends)
 
     def request(t: float, n: int) -> None:
         nonlocal next_id
@@ -509,7 +546,8 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
             next_id += 1
             life[wid] = [t, math.inf]
             pending.add(wid)
-            push(t + float(startup()), 0, wid)
+            arrive[wid] = t + float(startup())
+            push(arrive[wid], 0, wid)
 
     def start_tasks(t: float) -> None:
         while ready and idle:
@@ -555,10 +593,13 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
         if prewarm > standing:
             request(-prewarm_lead, prewarm - standing)
         push(0.0, 3, 0)  # the data lands
+        if drain:
+            push(tick_phase, 4, 0)
     else:
         push(tick_phase, 2, 0)
         push(0.0, 3, 0)
     close_counts: dict[int, int] = {}
+    drained = 0  # workers released on drain
     t = -prewarm_lead
     landed = False
     while events:
@@ -609,6 +650,13 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
                     if adapt_max is None:
                         for w in [w for w in life if life[w][1] == math.inf][standing:]:
                             release(t, w)
+        elif kind == 4:  # release on drain (tasks.cluster.drain), once a second while the step runs
+            if end_t is None:
+                k = cluster_drain.surplus(len(registered), len(idle), maps_left + reds_left, standing)
+                for w in sorted(idle, key=lambda w: (data.get(w, 0.0), w))[:k]:
+                    release(t, w)
+                drained += k
+                push(t + 1.0, 4, 0)
         elif kind == 2:  # adaptive tick
             lag = 0.5 * _heartbeat_interval(len(registered))
             for p in prefixes:
@@ -634,7 +682,11 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
             cost += (when - prev) * (n if inside else max(n - standing, 0))
         n += delta
         prev = max(prev, when)
-    return {"wall_s": end_t, "cost": cost, "peak_workers": peak_workers, "peak_data_per_worker": peak_data,
+    # billed start-up: request -> registered (or released first), time no requested worker can work
+    startup_billed = sum(min(arrive[w], life[w][1], stop) - max(life[w][0], -prewarm_lead - 1.0) for w in arrive)
+    return {"wall_s": end_t, "cost": cost, "work_s": float(durations.sum()), "startup_billed_s": startup_billed,
+            "released_on_drain": drained, "peak_workers": peak_workers,
+            "peak_data_per_worker": peak_data,
             "tail_s": t - end_t, "workers_requested": len(life) - standing, "requests": requests}
 
 
@@ -739,17 +791,19 @@ def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float
                                   prewarm_lead=lead)
             elif policy == "forecast":
                 r = simulate_step(map_d, red_d, map_out, mem_w, startup, workers=plan.workers, standing=1,
-                                  prewarm=pre.workers, prewarm_lead=lead)
+                                  prewarm=pre.workers, prewarm_lead=lead, tick_phase=phase, drain=args.drain)
             else:
                 r = simulate_step(map_d, red_d, map_out, mem_w, startup, adapt_max=W, standing=1, tick_phase=phase)
             peak = base_mem + r["peak_data_per_worker"] + expansion * piece  # held data + one task in flight
             row = {"policy": policy, "ds": ds, "interval": i, "input_gb": nbytes / 1e9, "tasks": 2 * n_tasks,
                    "workers": r["peak_workers"], "wall_s": r["wall_s"], "makespan": r["wall_s"], "cost": r["cost"],
-                   "missed": r["wall_s"] > D, "peak_memory": peak, "spill": peak > SPILL_FRACTION * mem_w,
+                   "missed": r["wall_s"] > D, "work_s": r["work_s"], "startup_billed_s": r["startup_billed_s"],
+                   "peak_memory": peak, "spill": peak > SPILL_FRACTION * mem_w,
                    "oom": peak > OOM_FRACTION * mem_w, "tail_s": r["tail_s"],
                    "workers_requested": r["workers_requested"]}
             if policy == "forecast":
                 row.update(predicted=plan.predicted["wall_s"], predicted_upper=plan.predicted["wall_s_upper"],
+                           released_on_drain=r["released_on_drain"],
                            source=plan.source, history=len(past), volume_forecast_gb=vol_pred / 1e9,
                            prewarm_workers=pre.workers, workers=plan.workers)
                 past.append({"success": True, "input_bytes": nbytes, "workers": plan.workers, "threads": 1,
@@ -760,6 +814,17 @@ def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float
 
 
 # ---- scoring and output -----------------------------------------------------------------------
+
+def work_floor(runs: list[dict[str, Any]]) -> float:
+    """The scenario's work floor: per interval, the least task time (sum of task durations) any policy
+    needed for it, summed. No policy can bill fewer worker-seconds than the task time it runs (one
+    thread per worker); in the simulation every policy draws the same durations, so this is their sum."""
+    per: dict[int, float] = {}
+    for r in runs:
+        if r.get("work_s", 0) > 0:
+            per[r["interval"]] = min(per.get(r["interval"], math.inf), r["work_s"])
+    return float(sum(per.values()))
+
 
 def summarize(runs: list[dict[str, Any]], policy: str) -> dict[str, Any]:
     mine = [r for r in runs if r["policy"] == policy]
@@ -772,7 +837,12 @@ def summarize(runs: list[dict[str, Any]], policy: str) -> dict[str, Any]:
         "spill_events": sum(bool(r["spill"]) for r in mine),
         "oom_events": sum(bool(r["oom"]) for r in mine),
         "mean_workers": round(float(np.mean([r["workers"] for r in mine])), 2),
+        "task_seconds": round(sum(r["work_s"] for r in mine), 2),  # this policy's own measured task time
     }
+    floor = work_floor(runs)
+    out["cost_over_floor"] = round(out["worker_seconds"] / floor, 3) if floor else None
+    if policy == "forecast":
+        out["released_on_drain"] = int(sum(r.get("released_on_drain", 0) for r in mine))
     if policy == "forecast":
         scored = [r for r in mine if r["interval"] >= 10]  # once 10 intervals of history exist
         if scored:
@@ -833,9 +903,9 @@ def plot(parts: dict[str, Any], table: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--real-intervals", type=int, default=15)
-    p.add_argument("--base-rows", type=int, default=9_000_000, help="rows of a weekday interval in the real part")
-    p.add_argument("--rows-per-file", type=int, default=400_000, help="rows per raw file (one map task each)")
+    p.add_argument("--real-intervals", type=int, default=30)
+    p.add_argument("--base-rows", type=int, default=4_500_000, help="rows of a weekday interval in the real part")
+    p.add_argument("--rows-per-file", type=int, default=250_000, help="rows per raw file (one map task each)")
     p.add_argument("--real-max-workers", type=int, default=3)
     p.add_argument("--real-deadline-factor", type=float, default=1.8,
                    help="real deadline = factor x the median of three calibration runs on one worker")
@@ -846,6 +916,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-worker-memory", type=int, default=16 << 30, help="assumed memory per simulated worker")
     p.add_argument("--sensitivity-startup", type=float, default=60.0,
                    help="worker start-up (s) of the sensitivity scenario: an assumption (cloud VM / pod)")
+    p.add_argument("--drain", action=argparse.BooleanOptionalAction, default=True,
+                   help="forecast policy releases idle workers the unfinished tasks cannot use (tasks.cluster.drain), "
+                        "as the product's steps do; --no-drain measures the policy without it")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--real-cache", help="JSON file: reuse the real runs stored there (written when missing)")
@@ -858,15 +931,17 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.real_cache) if args.real_cache else None
     if cache is not None and cache.exists():  # re-simulate from earlier real runs (same trace arguments)
         real = json.loads(cache.read_text())
+        log.info("real part: reusing the runs measured in %s (%s s then)", cache, real.get("real_seconds"))
     else:
         tmp = Path(tempfile.mkdtemp(prefix="lf-bench-forecast-"))
         try:
             real = real_part(args, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        real["real_seconds"] = round(time.perf_counter() - t0, 1)
         if cache is not None:
             cache.write_text(json.dumps(real, default=float))
-    real_s = time.perf_counter() - t0
+    real_s = float(real.get("real_seconds", time.perf_counter() - t0))
     cal = calibrate(real)
     t1 = time.perf_counter()
     sim = sim_part(args, cal)
@@ -884,7 +959,17 @@ def main(argv: list[str] | None = None) -> int:
             and t["forecast"]["deadline_misses"] <= t["adapt"]["deadline_misses"],
             "mape_target_met": (t["forecast"].get("wall_mape_after_10") is not None
                                 and t["forecast"]["wall_mape_after_10"] <= 0.15),
+            "mape_intervals": t["forecast"].get("mape_intervals", 0),
+            "work_floor_s": round(work_floor(parts[part]["runs"]), 1),
+            # no policy can bill less than the work floor: the lowest cost ratio vs adapt any policy could reach
+            "floor_vs_adapt": round(work_floor(parts[part]["runs"]) / t["adapt"]["worker_seconds"], 4),
         }
+        if part != "real":  # the forecast cluster's own start-ups (request -> registered), billed, no work done
+            fr = [r for r in parts[part]["runs"] if r["policy"] == "forecast"]
+            billed = float(sum(r["startup_billed_s"] for r in fr))
+            checks[part]["forecast_startup_billed_s"] = round(billed, 1)
+            checks[part]["floor_plus_forecast_startups_vs_adapt"] = round(
+                (work_floor(parts[part]["runs"]) + billed) / t["adapt"]["worker_seconds"], 4)
     real_runs = [{k: v for k, v in r.items() if k != "tasks"} for r in real["runs"]]
     doc = {
         "benchmark": "forecast",

@@ -72,3 +72,22 @@ def test_adapt_memory_pressure_doubles_the_cluster(sim):
     maps = np.concatenate([np.full(4, 1.0), np.full(1, 60.0)])
     r = sim.simulate_step(maps, np.full(5, 1.0), 5 * 8e9, 10e9, lambda: 1.0, adapt_max=100, tick_phase=0.5)
     assert r["peak_workers"] >= 4
+
+
+def test_release_on_drain_frees_the_last_wave_without_slowing_the_step(sim):
+    """10 reduce tasks on 8 workers: the second reduce wave needs 2 workers; with drain (the product's
+    tasks.cluster.drain rule, checked each second) the 6 idle ones go at once instead of at the end."""
+    maps, reds = np.full(8, 10.0), np.full(10, 10.0)
+    kw = dict(workers=8, standing=8, prewarm=8)
+    plain = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, **kw)
+    drained = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, drain=True, tick_phase=0.5, **kw)
+    assert drained["wall_s"] == plain["wall_s"] == pytest.approx(30)
+    assert plain["cost"] == pytest.approx(8 * 30)
+    # all 8 workers standing: never released below that floor
+    assert drained["released_on_drain"] == 0 and drained["cost"] == pytest.approx(plain["cost"])
+    # one standing + 7 pre-warmed: at the drain check at t=20.5 two reduces are left, six idle workers go
+    one = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, workers=8, standing=1, prewarm=8,
+                            prewarm_lead=3.0, drain=True, tick_phase=0.5)
+    assert one["wall_s"] == pytest.approx(30) and one["released_on_drain"] == 6
+    assert one["cost"] == pytest.approx(8 * 20.5 + 2 * 9.5 + 7 * 3.0)  # + the pre-warm lead of 7 workers
+    assert one["work_s"] == pytest.approx(180)
