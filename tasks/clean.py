@@ -15,7 +15,7 @@ Plan (all per-partition work is Arrow-native, no per-row Python):
    ``_source_file``, ``_source_row``). Each valid row gets its split (``tasks.split_assign``:
    md5 once per distinct group value of the chunk's dictionary) and a 64-bit key hash; rows
    are ordered by (bucket = hash mod ``P``, split) and written to the task's Arrow IPC
-   shuffle file, one record batch per (bucket, split), non-key strings still
+   shuffle file, one record batch per (bucket, split), category columns still
    dictionary-encoded.
 3. Reduce task per bucket: memory-map batch (bucket, split) of every map file (the shuffle
    goes through the lake, not worker memory). Rows whose key hash occurs more than once are
@@ -257,7 +257,7 @@ class Job:
 
 
 def dictionary_columns(spec: DatasetSpec) -> list[str]:
-    """String columns other than the key: read, shuffled and filtered dictionary-encoded, decoded on write."""
+    """String columns other than the key: read dictionary-encoded (normalized once per distinct value)."""
     return [c.name for c in spec.columns if c.type in ("string", "category") and c.name not in spec.key]
 
 
@@ -382,7 +382,8 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
     by_part = np.argsort(part, kind="stable")
     order = pa.array(keep[by_part])
     bounds = np.searchsorted(part[by_part], np.arange(job.n_buckets * n_groups + 1))
-    arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]  # dict: int take
+    # dictionary columns: an int take, then ids/strings are decoded (only the kept rows), categories stay encoded
+    arrays = [cols[c.name].take(order).cast(schema.field(c.name).type) for c in spec.columns]
     arrays.append(pa.array(np.full(len(keep), chunk.file_index, dtype=np.int32)))
     arrays.append(pa.array(keep[by_part] + chunk.first_row, pa.int64()))
     arrays.append(pa.array(h[by_part], pa.uint64()))
@@ -393,8 +394,13 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
 
 
 def shuffle_schema(spec: DatasetSpec) -> pa.Schema:
-    """The clean schema with dictionary-encoded non-key strings, plus source file/row and key hash."""
-    dict_cols = set(dictionary_columns(spec))
+    """The clean schema with dictionary-encoded categories, plus source file/row and key hash.
+
+    Only ``category`` columns (few distinct values) cross the shuffle dictionary-encoded: every map
+    file carries its own dictionaries and a reduce maps those of every map file, so a free-text or id
+    column's dictionary (~ rows / 8 entries) would make each reduce's work grow with the interval.
+    """
+    dict_cols = {c.name for c in spec.columns if c.type == "category" and c.name in dictionary_columns(spec)}
     fields = [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in dict_cols else f
               for f in spec.arrow_schema()]
     return pa.schema([*fields, pa.field(SRC_FILE, pa.int32()), pa.field(SRC_ROW, pa.int64()),
