@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from distributed import Client, wait
 
 from tasks import features
-from tasks.cluster import client_for, describe
+from tasks.cluster import client_for, describe, drain
 from tasks.context import StepContext
 from tasks.hashing import key_hash
 from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint, is_local
@@ -664,6 +664,8 @@ def _run_graph(client: Client, chunks: list[Chunk], job: Job) -> tuple[list, lis
         except TimeoutError:
             finished = False
         sampler.sample()
+        if not finished:  # give back workers the unfinished tasks can no longer use (tasks.cluster.drain)
+            drain.release_on_drain(client, sum(not f.done() for f in metas) + sum(not f.done() for f in reduces))
         now = time.monotonic()
         if finished or now - sampler.last_log > 5:
             sampler.last_log = now
