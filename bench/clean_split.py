@@ -45,7 +45,10 @@ DS = "2026-11-01"
 START = "2026-11-01 00:00:00+00"
 END = "2026-11-02 00:00:00+00"
 ENGINES = ("leptonflow", "duckdb", "polars", "pyarrow_copy")
-COPY_REPEATS = 3
+# leptonflow and the copy floor, the two sides of the <= 2x target, each get the best of REPEATS runs: the
+# machine is shared and its speed drifts by tens of percent within minutes. DuckDB and Polars, 4-5x away,
+# run once (their 8 GB runs take minutes).
+REPEATS = {"pyarrow_copy": 3, "leptonflow": 3}
 WS = " \t\n\r\x0b\x0c"
 # leptonflow cluster for the bench: 2 single-thread workers (the machine has 2 cores). Rows reach the reduces
 # through shuffle files, so Dask holds only small metas; the early-spill settings only bound what little it holds.
@@ -388,9 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("size %.2f GB: running %s", gb, engine)
             _warm_input(data)
             try:
-                # the floor is the best of COPY_REPEATS runs: a conservative (fast) floor on a shared machine
                 runs = []
-                for _ in range(COPY_REPEATS if engine == "pyarrow_copy" else 1):
+                for _ in range(REPEATS.get(engine, 1)):
                     runs.append(_measure([sys.executable, __file__, "--engine", engine, "--data", str(data),
                                           "--scratch", str(scratch)], env))
                 r = min(runs, key=lambda x: x["wall_s"])
