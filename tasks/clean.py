@@ -256,7 +256,7 @@ class Job:
     shuffle_dir: str = ""  # full URL of the map -> reduce exchange folder (inside the clean version folder)
 
 
-def dictionary_columns(spec: DatasetSpec) -> list[str]:
+def _read_as_dictionary(spec: DatasetSpec) -> list[str]:
     """String columns other than the key: read dictionary-encoded (normalized once per distinct value)."""
     return [c.name for c in spec.columns if c.type in ("string", "category") and c.name not in spec.key]
 
@@ -265,7 +265,7 @@ def _read_chunk(chunk: Chunk, spec: DatasetSpec | None = None) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(chunk.url)
     # String columns other than the key are read dictionary-encoded: parquet stores them that way, so
     # decoding skips materializing every string, and trim/case run once per distinct value (coerce).
-    dict_cols = dictionary_columns(spec) if spec is not None else []
+    dict_cols = _read_as_dictionary(spec) if spec is not None else []
     try:
         with fs.open(path, "rb") as fh:
             md = pq.ParquetFile(fh).metadata
@@ -308,7 +308,7 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
                 flag(f"unparseable:{c.name}", bad)
         else:
             cols[c.name] = pa.nulls(n, c.arrow_type())
-    for name in dictionary_columns(spec):
+    for name in _read_as_dictionary(spec):
         if not pa.types.is_dictionary(cols[name].type):  # stored as another type, or missing: encode here
             cols[name] = pc.dictionary_encode(cols[name].cast(pa.string()))
     for c in spec.columns:
@@ -400,7 +400,7 @@ def shuffle_schema(spec: DatasetSpec) -> pa.Schema:
     file carries its own dictionaries and a reduce maps those of every map file, so a free-text or id
     column's dictionary (~ rows / 8 entries) would make each reduce's work grow with the interval.
     """
-    dict_cols = {c.name for c in spec.columns if c.type == "category" and c.name in dictionary_columns(spec)}
+    dict_cols = {c.name for c in spec.columns if c.type == "category" and c.name in _read_as_dictionary(spec)}
     fields = [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in dict_cols else f
               for f in spec.arrow_schema()]
     return pa.schema([*fields, pa.field(SRC_FILE, pa.int32()), pa.field(SRC_ROW, pa.int64()),
@@ -420,7 +420,7 @@ def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     pieces, lo = [], 0
     for batch in table.to_batches():
         hi = lo + batch.num_rows
-        local = rows[(rows >= lo) & (rows < hi)] - lo
+        local = rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)] - lo
         if len(local):
             pieces.append(_decoded(pa.Table.from_batches([batch.take(pa.array(local))])))
         lo = hi
