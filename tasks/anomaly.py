@@ -25,17 +25,19 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.ensemble import IsolationForest
 
 from tasks import parquet_io
 from tasks.keyring import KeyError_
 from tasks.spec import DatasetSpec
+
+if TYPE_CHECKING:  # scikit-learn costs ~1 s to import: only steps that fit or score a model pay it
+    from sklearn.ensemble import IsolationForest
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ class AnomalyModel:
 def fit(history: pd.DataFrame, spec: DatasetSpec, contamination: float, intervals: list[str] | None = None,
         seed: int = 0) -> AnomalyModel:
     """Fit on a (bounded) history sample of clean rows."""
+    from sklearn.ensemble import IsolationForest
+
     if not 0 < contamination < 0.5:
         raise ValueError(f"anomaly contamination must be in (0, 0.5), got {contamination}")
     numeric, categorical = feature_columns(spec)

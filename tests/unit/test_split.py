@@ -62,6 +62,21 @@ def test_assignment_is_md5_of_salt_and_group_and_ratios_hold_at_200k_groups():
     assert c[0] == c[1] == c[3] == code[5] and c[2] == c[4] == code[17]
 
 
+@pytest.mark.parametrize("typ", [pa.string(), pa.large_string()])
+def test_vectorized_md5_equals_hashlib_on_every_length_and_alphabet(typ):
+    """The numpy md5 lanes must equal hashlib byte for byte: empty, multi-byte UTF-8, values at the one-block
+    boundary (55 message bytes) and beyond it (hashlib fallback), sliced arrays, nulls (the group "")."""
+    rng = np.random.default_rng(3)
+    alphabet = list("ab9_-é€𝄞")
+    values = ["", "a", "x" * 40, "y" * 41, "z" * 42, "w" * 200, None]
+    values += ["".join(rng.choice(alphabet, size=int(rng.integers(0, 60)))) for _ in range(3000)]
+    arr = pa.array(values, typ)
+    for salt in ("s", "leptonflow-v1", "a-salt-long-enough-to-push-values-over-one-block"):
+        for a in (arr, arr.slice(5)):
+            got = split_assign.unit_interval(a, salt)
+            want = [int(hashlib.md5(f"{salt}:{v or ''}".encode()).hexdigest()[:8], 16) / 2**32 for v in a.to_pylist()]
+            assert got.tolist() == want
+
 def test_split_is_group_disjoint_complete_and_deterministic(cleaned, dask_address, tmp_path):
     r = split.run(cleaned)
     clean_rows = cleaned.lake.require("clean", "events", DS).rows
