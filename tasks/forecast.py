@@ -8,7 +8,9 @@ Three models, each small enough to fit on a handful of runs:
   *relative* error. Non-negative coefficients keep it monotone and sane when extrapolating
   to cluster sizes never tried. Terms the history cannot identify yet are left out (see
   ``Forecaster``). The upper bound multiplies by a quantile of the
-  leave-one-out actual/predicted ratios (a split-conformal style bound: honest with few runs).
+  leave-one-out actual/predicted ratios (a split-conformal style bound: honest with few runs),
+  calibrated separately for queries within the history's input and cluster sizes (interpolation
+  ratios) and beyond them (all ratios), see ``_RatioModel``.
   When the history records each run's partitions (tasks per phase), a **wave model** competes:
   the parallel term becomes ``ceil(partitions/(workers*threads)) * bytes/partitions`` (a step runs
   its tasks in waves; the last wave costs a whole task even if it is half empty). It replaces the
@@ -19,12 +21,20 @@ Three models, each small enough to fit on a handful of runs:
   day-of-week terms (robust to a one-off spike), so a cluster can be warmed before data lands.
 
 A plan is the smallest worker count in ``[min_workers, max_workers]`` whose *upper* wall time
-meets ``deadline_s`` and whose upper peak memory fits ``memory_per_worker``. With fewer than
+meets ``deadline_s`` and whose upper peak memory fits ``memory_per_worker``. When the workers share
+one host (the ``local`` backend: a LocalCluster of worker processes inside the task) the sizes are
+also capped at the host's CPUs / threads per worker (``host_cpus``): a worker process beyond the
+cores adds no throughput, only contention (measured on the 2-core bench box: 3 one-thread workers
+ran the same tasks in ~2x the task-seconds of one worker, for ~1.3x less wall time), and a model
+fitted on few sizes cannot be trusted to know that. With fewer than
 ``min_history`` successful runs the plan uses the documented heuristic below and says so
 (``source="heuristic"``, ``reason``).
 
 Heuristic (no or little history): each worker thread processes ``HEURISTIC_BYTES_PER_S``
-bytes of Parquet input per second after ``HEURISTIC_OVERHEAD_S`` of start-up, and needs
+bytes of Parquet input per second after ``HEURISTIC_OVERHEAD_S`` of start-up (both Params:
+``heuristic_bytes_per_s``, ``heuristic_overhead_s``; a throughput measured end-to-end, input / wall
+of one whole run, already includes the overhead, so it goes with ``heuristic_overhead_s=0``: adding
+the default overhead on top would count it twice and buy workers the step does not need), and needs
 ``HEURISTIC_MEMORY_FACTOR`` x the size of one partition per thread in memory (a Parquet partition
 expands several-fold once decoded into pandas and copied by the cleaning steps) plus
 ``HEURISTIC_BASE_MEMORY`` for the worker process itself; when a shuffle spreads the input
@@ -114,19 +124,52 @@ def bytes_identifiable(input_bytes: np.ndarray) -> bool:
     return len(input_bytes) >= 3 and float(input_bytes.max()) >= 1.5 * float(input_bytes.min())
 
 
+def _conformal_ratio(ratios: list[float], quantile: float) -> float:
+    """The finite-sample conformal quantile of actual/predicted ratios (index ceil((n+1) q) / n), >= 1."""
+    n = len(ratios)
+    level = min(1.0, math.ceil((n + 1) * quantile) / n)
+    return max(1.0, float(np.quantile(ratios, level)))
+
+
+def _inside_others(cols: np.ndarray) -> np.ndarray:
+    """Per run: does it lie within the range of the *other* runs on every column (input bytes, workers)?
+    Its leave-one-out prediction was then an interpolation; otherwise an extrapolation."""
+    n = len(cols)
+    inside = np.zeros(n, bool)
+    for i in range(n):
+        others = np.delete(cols, i, axis=0)
+        inside[i] = bool(np.all((others.min(axis=0) <= cols[i]) & (cols[i] <= others.max(axis=0))))
+    return inside
+
+
 class _RatioModel:
     """Non-negative linear model (no free intercept: the overhead is a non-negative feature
-    coefficient) fitted for relative error, with a leave-one-out actual/predicted ratio quantile."""
+    coefficient) fitted for relative error, with a leave-one-out actual/predicted ratio quantile.
+
+    The bound is calibrated per region (Mondrian-style conformal): a held-out run outside the range of
+    the others (the largest input, a cluster size tried once) measures the model's *extrapolation*
+    error; one inside measures its interpolation error. A query inside the history's range gets the
+    quantile of the interpolation ratios (when >= ``MIN_REGION_RUNS`` of them), a query beyond it the
+    larger of both. One extrapolated outlier (say a 3x spike whose shuffle cost grows faster than its
+    bytes) then no longer widens the bound, and buys workers, for every ordinary interval after it;
+    a query that extrapolates still carries it."""
+
+    MIN_REGION_RUNS = 5
 
     def __init__(self, quantile: float):
         self.quantile = quantile
         self.model = LinearRegression(positive=True, fit_intercept=False)
-        self.upper_ratio = 1.0
+        self.upper_ratio = 1.0  # the bound beyond the history's range (all leave-one-out ratios)
+        self.upper_ratio_inside = 1.0  # the bound within it (interpolation ratios only)
         self.floor = 1e-6
+        self.region: np.ndarray | None = None
         self.loo_ape: list[float] = []
         self.loo_ratios: list[float] = []  # actual / predicted on held-out runs
+        self.loo_inside: list[bool] = []
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> _RatioModel:
+    def fit(self, x: np.ndarray, y: np.ndarray, region: np.ndarray | None = None) -> _RatioModel:
+        """`region`: per-run columns (e.g. input bytes, workers) whose range tells interpolation from
+        extrapolation; without it every ratio calibrates every query."""
         w = 1.0 / np.maximum(y, 1e-9) ** 2
         self.floor = 0.05 * float(y.min())  # no run is predicted faster than a small share of the fastest seen
         self.model.fit(x, y, sample_weight=w)
@@ -141,15 +184,30 @@ class _RatioModel:
             ratios = list(y / np.maximum(self.model.predict(x), self.floor))
         self.loo_ratios = ratios
         self.loo_ape = [abs(1.0 / r - 1.0) for r in ratios]
-        # the finite-sample conformal quantile index: ceil((n+1) q) / n
-        n = len(ratios)
-        level = min(1.0, math.ceil((n + 1) * self.quantile) / n)
-        self.upper_ratio = max(1.0, float(np.quantile(ratios, level)))
+        self.upper_ratio = _conformal_ratio(ratios, self.quantile)
+        self.upper_ratio_inside = self.upper_ratio
+        if region is not None and len(y) >= 3:
+            self.region = np.asarray(region, float)
+            self.loo_inside = [bool(v) for v in _inside_others(self.region)]
+            inside = [r for r, ok in zip(ratios, self.loo_inside, strict=True) if ok]
+            if len(inside) >= self.MIN_REGION_RUNS:
+                self.upper_ratio_inside = _conformal_ratio(inside, self.quantile)
+                self.upper_ratio = max(self.upper_ratio, self.upper_ratio_inside)
         return self
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def inside(self, region: np.ndarray) -> np.ndarray:
+        """Per query row: within the fitted history's range on every region column?"""
+        q = np.atleast_2d(np.asarray(region, float))
+        if self.region is None:
+            return np.zeros(len(q), bool)
+        return np.all((self.region.min(axis=0) <= q) & (q <= self.region.max(axis=0)), axis=1)
+
+    def predict(self, x: np.ndarray, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         pred = np.maximum(self.model.predict(x), self.floor)
-        return pred, pred * self.upper_ratio
+        ratio = np.full(len(pred), self.upper_ratio)
+        if region is not None:
+            ratio = np.where(self.inside(region), self.upper_ratio_inside, self.upper_ratio)
+        return pred, pred * ratio
 
 
 @dataclass
@@ -192,12 +250,13 @@ class Forecaster:
         f.mode = wall_mode(b, w)
         f.sizes_seen = (int(w.min()), int(w.max()))
         y = np.array([r["wall_s"] for r in ok], float)
-        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode), y)
+        region = np.column_stack([b, w])  # interpolation vs extrapolation in input size and cluster size
+        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode), y, region)
         parts = np.array([r.get("partitions") or 0 for r in ok], float)
         if len(ok) >= 3 and parts.min() > 0:
             # the wave model competes with the smooth one on leave-one-out error; it must do strictly better
             f.bytes_per_partition = float(np.median(b / parts))
-            waves = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode, parts), y)
+            waves = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode, parts), y, region)
             f.smooth_loo_mape = float(np.mean(f.wall.loo_ape))
             f.waves_loo_mape = float(np.mean(waves.loo_ape))
             if f.waves_loo_mape < f.smooth_loo_mape:
@@ -223,7 +282,7 @@ class Forecaster:
         b = np.full_like(w, float(input_bytes))
         t = np.full_like(w, float(threads))
         p = np.full_like(w, float(self.tasks_for(input_bytes, partitions))) if self.waves else None
-        wall, wall_up = self.wall.predict(_wall_features(b, w, t, self.mode, p))
+        wall, wall_up = self.wall.predict(_wall_features(b, w, t, self.mode, p), np.column_stack([b, w]))
         out = {"wall_s": wall, "wall_s_upper": wall_up}
         if self.mem is not None:
             mem, mem_up = self.mem.predict(_mem_features(b, w, t, self.full))
@@ -232,10 +291,14 @@ class Forecaster:
 
 
 def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int, partition_bytes: float,
-                       bytes_per_s: float = HEURISTIC_BYTES_PER_S) -> dict[str, np.ndarray]:
+                       bytes_per_s: float = HEURISTIC_BYTES_PER_S,
+                       overhead_s: float = HEURISTIC_OVERHEAD_S) -> dict[str, np.ndarray]:
     """The no-history estimate described in the module docstring (upper = 1.5 x point estimate)."""
+    if overhead_s < 0 or bytes_per_s <= 0:
+        raise ValueError(f"heuristic: need heuristic_overhead_s >= 0 and heuristic_bytes_per_s > 0, "
+                         f"got {overhead_s} and {bytes_per_s}")
     w = np.asarray(workers, float)
-    wall = HEURISTIC_OVERHEAD_S + input_bytes / (bytes_per_s * w * threads)
+    wall = overhead_s + input_bytes / (bytes_per_s * w * threads)
     # a worker holds its partitions in flight and, during the dedupe shuffle, its share of the whole input
     mem = HEURISTIC_BASE_MEMORY + HEURISTIC_MEMORY_FACTOR * np.maximum(partition_bytes * threads, input_bytes / w)
     return {"wall_s": wall, "wall_s_upper": 1.5 * wall, "peak_memory": mem, "peak_memory_upper": mem}
@@ -257,6 +320,8 @@ def make_plan(
     memory_fraction: float = MEMORY_FRACTION,
     partitions: int | None = None,
     fallback_tolerance: float = FALLBACK_TOLERANCE,
+    heuristic_overhead_s: float = HEURISTIC_OVERHEAD_S,
+    host_cpus: int | None = None,
 ) -> ClusterPlan:
     """Smallest cluster meeting `deadline_s` (at the upper quantile) and fitting in memory.
 
@@ -267,6 +332,9 @@ def make_plan(
     run, when known) feeds the wave model; without it the history's bytes per partition estimate it.
     When no size meets the deadline, the plan takes the smallest size whose upper wall time is within
     `fallback_tolerance` (Param ``fallback_tolerance``, default 10%) of the fastest size's.
+    `heuristic_overhead_s` (Param) is the heuristic's fixed start-up (0 with an end-to-end measured
+    throughput). `host_cpus`: the workers share one host of that many CPUs (``local`` backend), so no
+    more than ``host_cpus // threads_per_worker`` workers are planned (never below `min_workers`).
     """
     if min_workers < 1 or max_workers < min_workers:
         raise ValueError(f"plan: need 1 <= min_workers <= max_workers, got {min_workers}..{max_workers}")
@@ -274,12 +342,20 @@ def make_plan(
         raise ValueError(f"plan: Param deadline_s must be > 0, got {deadline_s}")
     if input_bytes < 0:
         raise ValueError(f"plan: input_bytes must be >= 0, got {input_bytes}")
+    cap_note = ""
+    if host_cpus is not None:
+        cap = max(min_workers, int(host_cpus) // max(threads_per_worker, 1), 1)
+        if cap < max_workers:
+            cap_note = (f"; capped at {cap} workers: they share this host's {int(host_cpus)} CPUs "
+                        f"({threads_per_worker} thread(s) each), more would add contention, not speed")
+            max_workers = cap
     sizes = np.arange(min_workers, max_workers + 1)
     f = Forecaster.fit(rows, quantile)
     if f.n_runs >= min_history:
         est = f.predict(input_bytes, sizes, threads_per_worker, partitions)
         source = "forecast"
-        why = f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio:.2f})"
+        why = (f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio_inside:.2f} within the "
+               f"history's input and cluster sizes, x{f.wall.upper_ratio:.2f} beyond)")
         if f.waves:
             why += (f"; wave model: ceil({f.tasks_for(input_bytes, partitions)} tasks / slots) x bytes per task "
                     f"(leave-one-out MAPE {f.waves_loo_mape:.1%} vs {f.smooth_loo_mape:.1%} smooth)")
@@ -291,13 +367,15 @@ def make_plan(
         elif f.mode == "amdahl":
             why += f"; two sizes seen ({f.sizes_seen[0]}..{f.sizes_seen[1]}): overhead + parallel + serial work"
         if "peak_memory" not in est:
-            h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s)
+            h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s,
+                                   heuristic_overhead_s)
             est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])
             why += "; memory from heuristic (no peak-memory history)"
     else:
-        est = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s)
+        est = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s,
+                                 heuristic_overhead_s)
         source = "heuristic"
-        why = (f"only {f.n_runs} successful runs in history (< {min_history}): "
+        why = (f"only {f.n_runs} successful runs in history (< {min_history}): {heuristic_overhead_s:g}s + "
                f"{heuristic_bytes_per_s / 2**20:.3g} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
     fits_time = est["wall_s_upper"] <= deadline_s
     fits_mem = est["peak_memory_upper"] <= memory_fraction * memory_per_worker
@@ -328,7 +406,7 @@ def make_plan(
         threads_per_worker=threads_per_worker,
         memory_limit=int(memory_per_worker),
         source=source,
-        reason=f"{reason}; {why}",
+        reason=f"{reason}; {why}{cap_note}",
         predicted=predicted,
     )
 
@@ -382,7 +460,15 @@ def _raw_input(ctx: Any) -> tuple[float, int]:
 
 
 def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume_note: str,
-               max_default: int, deadline_default: float, fixed_workers: int | None = None) -> ClusterPlan:
+               max_default: int, deadline_default: float, fixed_workers: int | None = None,
+               dask_step: bool = True) -> ClusterPlan:
+    """`dask_step`: the step runs on the Dask cluster of ``ctx.cluster``; with the ``local`` backend its
+    workers share this host, so the plan is capped at the host's CPUs (``tasks.cluster.local.host_cpus``)."""
+    host = None
+    if dask_step and ctx.cluster.get("backend", "local") == "local":
+        from tasks.cluster.local import host_cpus
+
+        host = host_cpus()
     rows = history.runs(ctx.history_url, stage, ctx.dataset, success_only=True, limit=500)
     partition_bytes = input_bytes / partitions if partitions else _float_param(
         ctx, "partition_bytes", DEFAULT_PARTITION_BYTES)
@@ -400,6 +486,8 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
         heuristic_bytes_per_s=_float_param(ctx, "heuristic_bytes_per_s", HEURISTIC_BYTES_PER_S),
         memory_fraction=_float_param(ctx, "memory_fraction", MEMORY_FRACTION),
         fallback_tolerance=_float_param(ctx, "fallback_tolerance", FALLBACK_TOLERANCE),
+        heuristic_overhead_s=_float_param(ctx, "heuristic_overhead_s", HEURISTIC_OVERHEAD_S),
+        host_cpus=host,
         # tasks per phase come from the history's bytes per partition: history counts what the step ran
         # (clean: its chunks), which the raw file count seen here need not equal
     )
@@ -447,7 +535,7 @@ def run_plan_train(ctx: Any) -> dict[str, Any]:
         if nproc < 1:
             raise ValueError(f"Param train_nproc must be >= 1, got {nproc}")
     plan = plan_stage(ctx, "train", input_bytes, partitions, note, max_default=max_nproc, deadline_default=7200,
-                      fixed_workers=nproc)
+                      fixed_workers=nproc, dask_step=False)
     if nproc:
         plan.source, plan.reason = "param", f"Param train_nproc={nproc}; {plan.reason}"
     history.record_plan(ctx.history_url, "train", ctx.dataset, ctx.ds, plan.to_dict(), input_bytes, ctx.run_id)

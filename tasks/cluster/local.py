@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,15 @@ import dask
 from distributed import Client, LocalCluster
 
 from tasks.cluster import ClusterPlan
+
+
+def host_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as taskset / a container's cpuset limit it),
+    else the machine's count: the most one-thread worker processes a LocalCluster here can keep busy."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not every platform has affinity
+        return max(1, os.cpu_count() or 1)
 
 
 @contextmanager

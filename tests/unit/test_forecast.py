@@ -261,3 +261,77 @@ def test_wave_model_wins_when_tasks_run_in_whole_waves():
     assert plan.workers == 3 and "wave model" in plan.reason  # 3 waves of 3; 4 workers would still need 3
     smooth = forecast.Forecaster.fit([{k: v for k, v in r.items() if k != "partitions"} for r in rows])
     assert not smooth.waves and smooth.waves_loo_mape is None
+
+
+def test_local_plan_is_capped_at_the_host_cpus():
+    """Workers of a local cluster share one host: the plan never asks for more worker processes than the
+    host's CPUs / threads per worker, even when the fitted scaling says more would be faster."""
+    rows = _history()
+    free = forecast.make_plan(rows, 1e10, deadline_s=20, max_workers=32, memory_per_worker=64 << 30)
+    assert free.workers > 2  # the deadline wants a larger cluster ...
+    capped = forecast.make_plan(rows, 1e10, deadline_s=20, max_workers=32, memory_per_worker=64 << 30, host_cpus=2)
+    assert capped.workers <= 2 and "capped at 2 workers" in capped.reason and "2 CPUs" in capped.reason
+    two_threads = forecast.make_plan(rows, 1e10, deadline_s=20, max_workers=32, memory_per_worker=64 << 30,
+                                     threads_per_worker=2, host_cpus=4)
+    assert two_threads.workers <= 2 and "capped at 2 workers" in two_threads.reason
+    # a host larger than max_workers changes nothing; min_workers is never undercut
+    assert forecast.make_plan(rows, 1e10, deadline_s=20, max_workers=32, memory_per_worker=64 << 30,
+                              host_cpus=256).workers == free.workers
+    assert forecast.make_plan(rows, 1e10, deadline_s=20, min_workers=3, max_workers=32,
+                              memory_per_worker=64 << 30, host_cpus=2).workers == 3
+
+
+def test_run_plan_clean_on_the_local_backend_knows_the_host(lf_home):
+    from tasks.cluster.local import host_cpus
+
+    ctx = StepContext(dataset="events", ds="2026-11-10",
+                      params={"deadline_s": 1, "max_workers": host_cpus() + 4, "heuristic_overhead_s": 0,
+                              "heuristic_bytes_per_s": 1})
+    _write_raw(ctx)
+    out = forecast.run_plan_clean(ctx)
+    assert out["workers"] <= host_cpus() and f"capped at {host_cpus()} workers" in out["reason"]
+    gw = StepContext(dataset="events", ds="2026-11-10", cluster={"backend": "address", "address": "tcp://x:1"},
+                     params={"deadline_s": 1, "max_workers": host_cpus() + 4, "heuristic_overhead_s": 0,
+                             "heuristic_bytes_per_s": 1})
+    assert "capped" not in forecast.run_plan_clean(gw)["reason"]  # another host's workers: no cap
+    history.dispose()
+
+
+def test_heuristic_overhead_is_a_param():
+    """A throughput measured end-to-end (input / wall of a whole run) already holds the overhead: with
+    heuristic_overhead_s=0 one worker that processes the input in 10 s meets a 20 s deadline (upper 15 s);
+    the default 10 s overhead on top would buy a second worker."""
+    kw = dict(deadline_s=20, max_workers=4, memory_per_worker=64 << 30, heuristic_bytes_per_s=1e8)
+    assert forecast.make_plan([], 1e9, heuristic_overhead_s=0.0, **kw).workers == 1
+    default = forecast.make_plan([], 1e9, **kw)
+    assert default.workers > 1 and f"{forecast.HEURISTIC_OVERHEAD_S:g}s +" in default.reason
+    with pytest.raises(ValueError, match="heuristic_overhead_s"):
+        forecast.make_plan([], 1e9, heuristic_overhead_s=-1.0, **kw)
+
+
+def test_an_extrapolated_outlier_does_not_widen_the_bound_of_ordinary_inputs():
+    """Ordinary runs (1.0..1.5 GB on 1-2 workers, 3% noise) and one 4 GB spike that took 1.8x what the
+    model extrapolates (its shuffle grows faster than its bytes). The spike's leave-one-out ratio is an
+    extrapolation error: an ordinary input keeps the narrow bound (and one worker), an input beyond the
+    history's range gets the wide one."""
+    rng = np.random.default_rng(8)
+
+    def truth(b, w):
+        return 1.0 + 0.5 * b / 1e8 / w + 0.5 * b / 1e8
+
+    rows = []
+    for i in range(16):
+        b, w = float(rng.uniform(1.0e9, 1.5e9)), 1 + i % 2
+        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1,
+                         wall_s=truth(b, w) * float(rng.lognormal(0, 0.03))))
+    rows.append(dict(success=True, input_bytes=4e9, workers=2, threads=1, wall_s=1.8 * truth(4e9, 2)))
+    f = forecast.Forecaster.fit(rows)
+    assert f.wall.upper_ratio_inside < 1.2 and f.wall.upper_ratio > 1.5
+    ordinary = f.predict(1.3e9, [1, 2], 1)
+    assert np.all(ordinary["wall_s_upper"] / ordinary["wall_s"] < 1.2)
+    beyond = f.predict(4.5e9, [2], 1)
+    assert beyond["wall_s_upper"][0] / beyond["wall_s"][0] > 1.5
+    # one worker meets the deadline with the narrow bound; the spike's ratio would have bought a second
+    plan = forecast.make_plan(rows, 1.3e9, deadline_s=1.25 * truth(1.3e9, 1), max_workers=2,
+                              memory_per_worker=64 << 30)
+    assert plan.workers == 1 and "within the history's input and cluster sizes" in plan.reason
