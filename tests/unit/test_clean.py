@@ -278,6 +278,20 @@ def test_hash_matches_reference_and_is_offset_safe():
     assert (hashing.hash_strings(pa.chunked_array([arr.slice(0, 2)]).combine_chunks()) == h[:2]).all()
 
 
+def test_shared_hashes_finds_exactly_the_repeated_values():
+    """The reduce's duplicate-candidate pass (top-bit counting, then an exact pass) against a plain count,
+    including hashes that share a bucket's low bits and hashes that differ only in their low bits."""
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 2, 1_000, 200_000):
+        h = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(16) + np.uint64(3)  # same low bits
+        if n > 10:
+            h[: n // 20] = h[n // 2: n // 2 + n // 20]
+            h[n // 3] = h[n // 3 + 1] ^ np.uint64(1 << 8)  # same slot (top bits), different hash
+        values, counts = np.unique(h, return_counts=True)
+        want = np.flatnonzero(np.isin(h, values[counts > 1]))
+        assert clean._shared_hashes(h).tolist() == want.tolist()
+
+
 def test_dedupe_checks_real_keys_when_64bit_hashes_collide(tmp_path, dask_address, monkeypatch):
     """Reduces pick duplicate candidates by the map's 64-bit key hash; colliding hashes of different keys
     must not merge rows. With every hash forced equal the output is the same as with real hashes."""

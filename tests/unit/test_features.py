@@ -57,6 +57,45 @@ def test_merged_partials_equal_single_pass_exact_stats():
     assert 0 <= merged["numeric"]["hour"]["min"] <= merged["numeric"]["hour"]["max"] <= 23
 
 
+def test_dictionary_encoded_categories_give_the_same_statistics():
+    """The clean reduce fits on category columns still dictionary-encoded, one dictionary per map chunk,
+    which may repeat a value (unknowns mapped) and hold nulls: the statistics must equal the plain ones."""
+    plain = _table(20_000, 5)
+    chunks = []
+    for lo in range(0, plain.num_rows, 7_000):
+        part = plain.slice(lo, 7_000)
+        cols = {}
+        for name in part.column_names:
+            col = part.column(name).combine_chunks()
+            if name in SPEC.features.categorical:
+                enc = col.dictionary_encode()
+                # append a repeated dictionary entry and point some rows at it, plus a null index
+                dictionary = pa.concat_arrays([enc.dictionary, enc.dictionary.slice(0, 1)])
+                idx = enc.indices.to_numpy().copy()
+                idx[::4] = np.where(idx[::4] == 0, len(enc.dictionary), idx[::4])
+                mask = np.zeros(len(idx), dtype=bool)
+                mask[5] = True
+                col = pa.DictionaryArray.from_arrays(pa.array(idx, mask=mask, type=pa.int32()), dictionary)
+                plain_col = col.dictionary_decode()
+                cols[name] = (col, plain_col)
+            else:
+                cols[name] = (col, col)
+        chunks.append(cols)
+    encoded = pa.Table.from_batches([pa.record_batch({k: v[0] for k, v in c.items()}) for c in chunks])
+    decoded = pa.Table.from_batches([pa.record_batch({k: v[1] for k, v in c.items()}) for c in chunks])
+    assert pa.types.is_dictionary(encoded.schema.field("device").type) and encoded.column("device").num_chunks == 3
+    a, b = features.partial_fit(encoded, SPEC, seed=3), features.partial_fit(decoded, SPEC, seed=3)
+    assert a["categorical"] == b["categorical"] and a["categorical"]["device"]
+    assert features.finalize(a, SPEC) == features.finalize(b, SPEC)
+
+
+def test_bottom_k_is_the_k_smallest_in_order():
+    rng = np.random.default_rng(0)
+    for n, k in ((10, 3), (1_000, 1), (100_000, 40_000), (50_000, 49_999), (5, 9)):
+        p = rng.random(n)
+        assert features._bottom_k(p, k).tolist() == np.argsort(p, kind="stable")[:k].tolist()
+
+
 def test_vocab_respects_min_count_and_contract_keys():
     st = features.fit(_table(5_000, 1), SPEC)
     assert st["categorical"]["device"]["vocab"] == ["desktop", "mobile", "tablet"]  # "rare" seen 3 < 5 times
