@@ -24,6 +24,20 @@ def mix(h: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(31))
 
 
+def _mix_inplace(h: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """mix(h) computed in h's own buffer (tmp: scratch of h's size): no temporaries per step."""
+    with np.errstate(over="ignore"):
+        np.right_shift(h, np.uint64(30), out=tmp)
+        h ^= tmp
+        h *= _M1
+        np.right_shift(h, np.uint64(27), out=tmp)
+        h ^= tmp
+        h *= _M2
+        np.right_shift(h, np.uint64(31), out=tmp)
+        h ^= tmp
+    return h
+
+
 _WORD_C0 = tuple(mix(np.array([c]))[0] for c in _WORD_C)  # f_k(0) == 0: zero padding adds nothing
 
 
@@ -62,34 +76,32 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     lens = offsets[1:] - offsets[:-1]
     starts = offsets[:-1]
+    long = lens > LONG_KEY
+    any_long = bool(long.any())
+    ln = np.where(long, 0, lens) if any_long else lens
+    # The values' bytes plus zero padding: word k of every row is one unaligned 8-byte load at start + 8k
+    # (a stride-1 uint64 view), masked to the row's length, and no load runs past the copy.
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    padded = np.zeros(hi - lo + LONG_KEY + 8, dtype=np.uint8)
+    padded[: hi - lo] = data[lo:hi]
+    body = _u64_at(padded, len(padded) - 7)
+    st = starts - lo
     s = np.zeros(n, dtype=np.uint64)
-    short = np.flatnonzero((lens > 0) & (lens <= LONG_KEY))
-    if len(short):
-        st, ln = starts[short], lens[short]
-        # word k of every row = one unaligned 8-byte load at start + 8k (a stride-1 uint64 view of the
-        # bytes), masked to the row's length; rows too close to the buffer's end load from a padded tail copy
-        tail_from = max(len(data) - 2 * LONG_KEY, 0)
-        tail = np.zeros(len(data) - tail_from + LONG_KEY + 8, dtype=np.uint8)
-        tail[: len(data) - tail_from] = data[tail_from:]
-        body = _u64_at(data, len(data) - 7)
-        tails = _u64_at(tail, len(tail) - 7)
-        acc = np.zeros(len(short), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(int(-(-ln.max() // 8))):
-                pos = st + 8 * k
-                near_end = pos >= tail_from
-                w = np.empty(len(short), dtype=np.uint64)
-                w[~near_end] = body[pos[~near_end]]
-                w[near_end] = tails[pos[near_end] - tail_from]
-                w &= _BYTE_MASKS[np.clip(ln - 8 * k, 0, 8)]
-                acc += mix(w + _WORD_C[k]) - _WORD_C0[k]
-        s[short] = acc
-    for i in np.flatnonzero(lens > LONG_KEY):  # rare: one value at a time
+    tmp = np.empty(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(-(-int(ln.max()) // 8)):
+            w = body[st + 8 * k]
+            w &= _BYTE_MASKS[np.clip(ln - 8 * k, 0, 8)]
+            w += _WORD_C[k]
+            s += _mix_inplace(w, tmp)
+            s -= _WORD_C0[k]
+    for i in np.flatnonzero(long) if any_long else ():  # rare: one value at a time
         v = np.zeros(-(-int(lens[i]) // 8) * 8, dtype=np.uint8)
         v[: lens[i]] = data[starts[i]: starts[i] + lens[i]]
         s[i] = _word_sum(v.view("<u8")[None, :])[0]
     with np.errstate(over="ignore"):
-        h = mix(s ^ ((lens.astype(np.uint64) + np.uint64(1)) * _G))
+        s ^= (lens.astype(np.uint64) + np.uint64(1)) * _G
+        h = _mix_inplace(s, tmp)
     if arr.null_count:
         h[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x5EED)
     return h
