@@ -34,11 +34,13 @@ Plan (all per-partition work is Arrow-native, no per-row Python):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +56,7 @@ from tasks.cluster import client_for, describe, drain
 from tasks.context import StepContext
 from tasks.hashing import key_hash
 from tasks.lake import FileEntry, Lake, Manifest, code_version, fingerprint, is_local
-from tasks.parquet_io import ParquetReadError, write_table
+from tasks.parquet_io import ParquetReadError, write_table, write_tables
 from tasks.spec import ColumnSpec, DatasetSpec
 from tasks.split_assign import GROUPS
 from tasks.split_assign import assign as split_assign
@@ -534,31 +536,26 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
     if len(losers):
         out["quarantine"] = _write_quarantine(_take_rows(table, losers), "duplicate_key", f"duplicates-{j:05d}", job)
         out["duplicates"] = len(losers)
-    flagged_parts = []
+    flagged_parts: list[pa.Table] = []
     offsets = np.cumsum([0, *(p.num_rows for p in parts)])
+    stat_cols = [c for c in features.source_columns(spec) if c in schema.names]
     for g, name in enumerate(GROUPS):
-        # survivors of split g: the contiguous rows of its batches minus the duplicates (a filter, no reorder)
-        mask = keep[offsets[g]:offsets[g + 1]]
-        encoded = parts[g] if mask.all() else parts[g].filter(pa.array(mask))
-        part = _decoded(encoded)
-        if job.anomaly is not None and part.num_rows:
-            # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
-            from tasks import anomaly
-
-            part, flagged = anomaly.split_table(part, job.anomaly)
-            if flagged.num_rows:
-                flagged_parts.append(flagged)
-            encoded = part
-        if not part.num_rows:
+        # Survivors of split g: its contiguous batches minus the duplicates (a filter, no reorder), decoded
+        # and written one map batch at a time, so the reduce never holds a filtered or decoded copy of the split.
+        train_cols: list[pa.Table] = []
+        pieces = _survivor_pieces(parts[g], keep[offsets[g]:offsets[g + 1]], job, flagged_parts,
+                                  train_cols if name == "train" else None, stat_cols)
+        head = next(pieces, None)
+        if head is None:
             continue
-        if name == "train":  # train-only feature statistics, mergeable across buckets (categories counted encoded)
-            out["state"] = features.partial_fit(encoded, spec, seed=j)
-        part = part.drop_columns([SRC_FILE, SRC_ROW, KEY_HASH])
         rel = f"{name}/part-{j:05d}.parquet"
-        out["clean"].append(write_table(f"{job.clean_dir}/{rel}", part, f"v={job.clean_version}/{rel}",
-                                        group=name, crypto=job.crypto))
-        out["by_split"][name] = part.num_rows
-        out["rows"] += part.num_rows
+        entry = write_tables(f"{job.clean_dir}/{rel}", head.schema, itertools.chain([head], pieces),
+                             f"v={job.clean_version}/{rel}", group=name, crypto=job.crypto)
+        out["clean"].append(entry)
+        out["by_split"][name] = entry.rows
+        out["rows"] += entry.rows
+        if train_cols:  # train-only feature statistics, mergeable across buckets (categories counted encoded)
+            out["state"] = features.partial_fit(pa.concat_tables(train_cols), spec, seed=j)
     if flagged_parts:
         from tasks import anomaly
 
@@ -566,6 +563,36 @@ def dedupe_bucket(j: int, job: Job, *metas: dict[str, Any]) -> dict[str, Any]:
         out["anomaly_quarantine"] = _write_quarantine(flagged, anomaly.REASON, f"anomalies-{j:05d}", job)
         out["anomalies"] = flagged.num_rows
     return out
+
+
+def _survivor_pieces(part: pa.Table, mask: np.ndarray, job: Job, flagged: list[pa.Table],
+                     stats: list[pa.Table] | None, stat_cols: list[str]) -> Iterator[pa.Table]:
+    """Per map batch of one split: kept rows, anomaly-screened, decoded, without the shuffle columns.
+
+    Rows the anomaly model flags go to `flagged`; `stats` (train) collects the feature columns of the
+    written rows, still dictionary-encoded.
+    """
+    lo = 0
+    for batch in part.to_batches():
+        m = mask[lo:lo + batch.num_rows]
+        lo += batch.num_rows
+        encoded = pa.Table.from_batches([batch if m.all() else batch.filter(pa.array(m))])
+        if not encoded.num_rows:
+            continue
+        rows = _decoded(encoded)
+        if job.anomaly is not None:
+            # Poisoned-data guard: survivors an IsolationForest fitted on earlier intervals flags go to quarantine.
+            from tasks import anomaly
+
+            rows, bad = anomaly.split_table(rows, job.anomaly)
+            if bad.num_rows:
+                flagged.append(bad)
+            encoded = rows
+            if not rows.num_rows:
+                continue
+        if stats is not None:
+            stats.append(encoded.select(stat_cols))
+        yield rows.drop_columns([SRC_FILE, SRC_ROW, KEY_HASH])
 
 
 def _reduce_meta(out: dict[str, Any]) -> dict[str, Any]:

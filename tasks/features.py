@@ -76,6 +76,14 @@ def _bottom_k(p: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(p, kind="stable")
 
 
+def source_columns(spec: DatasetSpec) -> list[str]:
+    """The table columns :func:`partial_fit` reads: raw numeric and categorical features, derived sources."""
+    f = spec.features
+    cols = [c for c in (*f.numeric, *f.categorical) if c not in f.derived]
+    cols += [r["from"] for r in f.derived.values() if r.get("from")]
+    return list(dict.fromkeys(cols))
+
+
 def _value_counts(column: pa.ChunkedArray) -> dict[Any, int]:
     """Non-null value -> count. Dictionary chunks count their indices (a dictionary may repeat a value)."""
     if not pa.types.is_dictionary(column.type):

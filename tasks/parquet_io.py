@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import fsspec
@@ -108,20 +108,53 @@ def write_table(
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> FileEntry:
     """Write `table` to `url` (any fsspec URL) and return its manifest entry."""
+    return write_tables(url, table.schema, [table], rel_path, group, crypto, row_group_rows)
+
+
+def write_tables(
+    url: str,
+    schema: pa.Schema,
+    tables: Iterable[pa.Table],
+    rel_path: str,
+    group: str = "",
+    crypto: ParquetCrypto | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> FileEntry:
+    """Write the concatenation of `tables` (consumed one at a time) as one file of full row groups.
+
+    Pieces are buffered only until a row group is full, so a caller can stream a file larger than it
+    wants to hold. The bytes equal ``write_table`` of the concatenated table when the first piece holds
+    at least ``DICT_SAMPLE_ROWS`` rows (the dictionary-encoding choice samples the first piece).
+    """
     fs, path = fsspec.core.url_to_fs(url)
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
+    pieces = iter(tables)
+    first = next(pieces, None)
+    if first is None:
+        first = schema.empty_table()
     kwargs: dict[str, Any] = {"compression": COMPRESSION, "compression_level": COMPRESSION_LEVEL,
-                              "use_dictionary": dictionary_columns(table), "data_page_version": "2.0"}
+                              "use_dictionary": dictionary_columns(first), "data_page_version": "2.0"}
     if crypto is not None:
-        kwargs["encryption_properties"] = _with_url(crypto.encryption_properties, table.column_names, url=url)
+        kwargs["encryption_properties"] = _with_url(crypto.encryption_properties, schema.names, url=url)
+    rows = 0
     with fs.open(path, "wb") as fh:
         sink = _HashingWriter(fh)
-        with pq.ParquetWriter(sink, table.schema, **kwargs) as writer:
-            writer.write_table(table, row_group_size=row_group_rows)
+        with pq.ParquetWriter(sink, schema, **kwargs) as writer:
+            pending = first
+            for piece in pieces:
+                pending = pa.concat_tables([pending, piece])  # zero-copy: chunks are appended
+                full = pending.num_rows // row_group_rows * row_group_rows
+                if full:
+                    writer.write_table(pending.slice(0, full), row_group_size=row_group_rows)
+                    rows += full
+                    pending = pending.slice(full)
+            if pending.num_rows or not rows:
+                writer.write_table(pending, row_group_size=row_group_rows)
+                rows += pending.num_rows
     return FileEntry(
         path=rel_path,
-        rows=table.num_rows,
+        rows=rows,
         bytes=sink.size,
         sha256=sink.sha.hexdigest(),
         group=group,

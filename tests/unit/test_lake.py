@@ -4,11 +4,12 @@ import json
 import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.keyring import load as load_keyring
 from tasks.lake import MANIFEST, Lake, Manifest, ManifestError, code_version
-from tasks.parquet_io import ParquetReadError, read_table, sha256_of, write_table
+from tasks.parquet_io import ParquetReadError, read_table, sha256_of, write_table, write_tables
 from tasks.signing import signer_for, verifier_for
 
 
@@ -81,6 +82,20 @@ def test_truncated_parquet_error_names_file(tmp_path):
     open(url, "wb").write(data[: len(data) // 2])
     with pytest.raises(ParquetReadError, match="t.parquet"):
         read_table(url)
+
+
+def test_streamed_pieces_write_the_same_file_as_one_table(tmp_path):
+    """write_tables buffers pieces into full row groups: same bytes and checksum as write_table of the whole."""
+    n = 50_000
+    whole = pa.table({"x": list(range(n)), "s": [f"v{i % 97}" for i in range(n)]})
+    one = write_table(str(tmp_path / "one.parquet"), whole, "one.parquet", row_group_rows=4_096)
+    cuts = [0, 20_000, 20_001, 20_001, 33_333, n]  # the first piece covers the dictionary sample; one is empty
+    pieces = (whole.slice(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False))
+    streamed = write_tables(str(tmp_path / "two.parquet"), whole.schema, pieces, "one.parquet", row_group_rows=4_096)
+    assert streamed == one and streamed.rows == n
+    md = pq.ParquetFile(tmp_path / "two.parquet").metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [4_096] * 12 + [n - 12 * 4_096]
+    assert read_table(str(tmp_path / "two.parquet")).equals(whole)
 
 
 def test_superseded_version_survives_grace_period(tmp_path):
