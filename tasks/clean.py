@@ -22,8 +22,9 @@ Plan (all per-partition work is Arrow-native, no per-row Python):
    the duplicate candidates; their exact keys decide, and the survivor per key is the first
    in (dedupe_order..., source file, source row); the others are quarantined as
    ``duplicate_key``. Each split's survivors (its batches minus the duplicates, still in
-   (source file, source row) order) are decoded and written once, straight into
-   ``train/ val/ test/``, and the train rows give mergeable feature statistics. ``P``
+   (source file, source row) order) are filtered, decoded and written one map batch at a
+   time into one file per split (``train/ val/ test/``), so no copy of a whole split is
+   held, and the train rows give mergeable feature statistics. ``P``
    depends only on the input size, and every task is a pure function of its input, so
    output files are byte-identical whatever the cluster size or worker failures (with
    encryption off).
