@@ -213,19 +213,24 @@ def test_one_size_with_varied_inputs_keeps_the_fixed_overhead():
     assert forecast.Forecaster.fit(same).mode == "parallel"
 
 
+def _alternating_runs(truth, n: int, size_range: tuple[float, float], noise: float, seed: int) -> list[dict]:
+    """n successful runs of uniform input sizes on 1, 2, 1, 2... workers, wall = truth(bytes, workers) x noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        b, w = float(rng.uniform(*size_range)), 1 + i % 2
+        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1,
+                         wall_s=truth(b, w) * float(rng.lognormal(0, noise))))
+    return rows
+
+
 def test_two_sizes_measure_how_much_work_is_serial():
     """Runs on 1 and 2 workers where only ~40% of the work runs in parallel (e.g. more workers than
     cores): with two sizes the serial share is fitted, so 2 workers are not predicted twice as fast."""
-    rng = np.random.default_rng(4)
-
     def truth(b, w):
         return 1.0 + 0.4 * b / 1e8 / w + 0.6 * b / 1e8
 
-    rows = []
-    for i in range(10):
-        b, w = float(rng.uniform(0.7e9, 1.6e9)), 1 + i % 2
-        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1,
-                         wall_s=truth(b, w) * float(rng.lognormal(0, 0.02))))
+    rows = _alternating_runs(truth, 10, (0.7e9, 1.6e9), noise=0.02, seed=4)
     f = forecast.Forecaster.fit(rows)
     assert f.mode == "amdahl"
     for w in (1, 2):
@@ -314,16 +319,10 @@ def test_an_extrapolated_outlier_does_not_widen_the_bound_of_ordinary_inputs():
     model extrapolates (its shuffle grows faster than its bytes). The spike's leave-one-out ratio is an
     extrapolation error: an ordinary input keeps the narrow bound (and one worker), an input beyond the
     history's range gets the wide one."""
-    rng = np.random.default_rng(8)
-
     def truth(b, w):
         return 1.0 + 0.5 * b / 1e8 / w + 0.5 * b / 1e8
 
-    rows = []
-    for i in range(16):
-        b, w = float(rng.uniform(1.0e9, 1.5e9)), 1 + i % 2
-        rows.append(dict(success=True, input_bytes=b, workers=w, threads=1,
-                         wall_s=truth(b, w) * float(rng.lognormal(0, 0.03))))
+    rows = _alternating_runs(truth, 16, (1.0e9, 1.5e9), noise=0.03, seed=8)
     rows.append(dict(success=True, input_bytes=4e9, workers=2, threads=1, wall_s=1.8 * truth(4e9, 2)))
     f = forecast.Forecaster.fit(rows)
     assert f.wall.upper_ratio_inside < 1.2 and f.wall.upper_ratio > 1.5
