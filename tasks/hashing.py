@@ -17,11 +17,9 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer."""
-    with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _M1
-        h = (h ^ (h >> np.uint64(27))) * _M2
-        return h ^ (h >> np.uint64(31))
+    """splitmix64 finalizer (a new array)."""
+    h = np.array(h, dtype=np.uint64)
+    return _mix_inplace(h, np.empty_like(h))
 
 
 def _mix_inplace(h: np.ndarray, tmp: np.ndarray) -> np.ndarray:
@@ -56,6 +54,16 @@ def _word_sum(words: np.ndarray) -> np.ndarray:
     return total
 
 
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets as int64, value bytes) of a string or large_string array, zero-copy except the offsets:
+    value i is ``data[offsets[i]:offsets[i + 1]]`` (the array's own slice offset applied)."""
+    bufs = arr.buffers()
+    off_t = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=off_t)[arr.offset: arr.offset + len(arr) + 1].astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
 def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """64-bit hash of each UTF-8 value (nulls hash to a constant), vectorized over the Arrow buffers.
 
@@ -66,14 +74,12 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if not pa.types.is_string(arr.type):
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = arr.cast(pa.string())
     n = len(arr)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset: arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    offsets, data = string_buffers(arr)
     lens = offsets[1:] - offsets[:-1]
     starts = offsets[:-1]
     long = lens > LONG_KEY

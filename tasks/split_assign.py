@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.hashing import string_buffers
 from tasks.spec import DatasetSpec
 
 GROUPS = ("train", "val", "test")
@@ -36,14 +37,12 @@ def _md5_head32(prefix: bytes, arr: pa.Array) -> np.ndarray:
     Python. Values whose message exceeds one block are few (long group ids) and go through hashlib.
     """
     n = len(arr)
-    bufs = arr.buffers()
-    off_t = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    offsets = np.frombuffer(bufs[1], dtype=off_t)[arr.offset: arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    offsets, data = string_buffers(arr)
     lens = offsets[1:] - offsets[:-1]
     total = lens + len(prefix)
-    long = np.flatnonzero(total > _ONE_BLOCK)
-    lens = np.where(total > _ONE_BLOCK, 0, lens)
+    over = total > _ONE_BLOCK
+    long = np.flatnonzero(over)
+    lens = np.where(over, 0, lens)
     block = np.zeros((n, 64), dtype=np.uint8)
     block[:, :len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
     rows = np.arange(n)
