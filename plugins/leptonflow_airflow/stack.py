@@ -29,6 +29,7 @@ from typing import Any
 log = logging.getLogger("leptonflow.stack")
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+_CHAIN_LINKS = ("During handling of the above exception", "The above exception was the direct cause")
 
 
 def free_port() -> int:
@@ -45,7 +46,12 @@ class AirflowStack:
     db_url: str = ""  # metadata DB; SQLite in `home` when empty
     history_url: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    max_restarts: int = 3  # per service, like a supervisor's restart policy; then check_alive raises
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    # exited leaders whose process groups may still hold children (a killed scheduler's executor workers)
+    retired: list[subprocess.Popen] = field(default_factory=list)
+    _log_offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -85,6 +91,8 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+            # a restarted scheduler re-queues what a dead one had queued within a minute, not 5
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
             "LEPTONFLOW_HOME": str(self.lf_home),
             "LEPTONFLOW_LAKE": str(self.lf_home / "lake"),
             "LEPTONFLOW_KEYRING": str(self.lf_home / "keys" / "keyring.json"),
@@ -93,6 +101,9 @@ class AirflowStack:
         })
         if self.db_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.db_url
+        else:  # embedded SQLite: wait for the one writer instead of failing after 5 s
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "leptonflow_airflow.db_args.SQLITE_SYNC"
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "leptonflow_airflow.db_args.SQLITE_ASYNC"
         env.update(self.extra_env)
         return env
 
@@ -116,17 +127,42 @@ class AirflowStack:
         self.cli("pools", "set", "gpu", "1", "Training devices: concurrent runs queue for them")
 
     def start(self, services: tuple[str, ...] = SERVICES) -> None:
-        logs = self.home / "service-logs"
-        logs.mkdir(exist_ok=True)
+        (self.home / "service-logs").mkdir(exist_ok=True)
         for name in services:
-            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-            args = ["airflow", name]
-            if name == "api-server":
-                args += ["--port", str(self.port), "--host", "127.0.0.1"]
-            self.procs[name] = subprocess.Popen(
-                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True
-            )
+            self._spawn(name)
         self.wait_http(timeout=180)
+
+    def _log_path(self, name: str) -> Path:
+        return self.home / "service-logs" / f"{name}.log"
+
+    def _spawn(self, name: str) -> None:
+        path = self._log_path(name)
+        self._log_offsets[name] = path.stat().st_size if path.exists() else 0
+        out = open(path, "ab")  # noqa: SIM115 - lives as long as the process
+        args = ["airflow", name]
+        if name == "api-server":
+            args += ["--port", str(self.port), "--host", "127.0.0.1"]
+        self.procs[name] = subprocess.Popen(
+            args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True
+        )
+
+    def crash_report(self, name: str) -> str:
+        """What the service's last process logged: its last exception chain from the first traceback (the
+        cause; the last one is often raised while handling it), then the end of the log."""
+        with open(self._log_path(name), "rb") as f:
+            f.seek(self._log_offsets.get(name, 0))
+            text = f.read().decode(errors="replace")
+        marker = "Traceback (most recent call last)"
+        start = text.rfind(marker)
+        while start > 0:  # walk back through "During handling of the above exception ..." links
+            before = text.rfind(marker, 0, start)
+            if before < 0 or not any(link in text[max(0, start - 300):start] for link in _CHAIN_LINKS):
+                break
+            start = before
+        if start < 0:
+            return text[-3000:]
+        head, rest = text[start:start + 6000], text[start + 6000:]
+        return head + (f"\n[...]\n{rest[-2000:]}" if rest else "")
 
     def wait_http(self, timeout: float) -> None:
         import urllib.request
@@ -143,20 +179,30 @@ class AirflowStack:
         raise TimeoutError(f"api-server did not answer on {self.url} within {timeout}s")
 
     def check_alive(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                tail = (self.home / "service-logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"airflow {name} exited with {p.returncode}:\n{tail}")
+        """Restart a service that exited (the stack never stops one while it runs), as a process
+        supervisor would; raise once a service has used up its restarts."""
+        for name, p in list(self.procs.items()):
+            if p.poll() is None:
+                continue
+            report = self.crash_report(name)
+            used = self.restarts.get(name, 0)
+            if used >= self.max_restarts:
+                raise RuntimeError(f"airflow {name} exited with {p.returncode} after {used} restarts:\n{report}")
+            self.restarts[name] = used + 1
+            log.warning("airflow %s exited with %s; restarting it (%d of %d). Its log:\n%s",
+                        name, p.returncode, used + 1, self.max_restarts, report)
+            self.retired.append(p)
+            self._spawn(name)
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        procs = [*self.procs.values(), *self.retired]
+        for p in procs:
+            try:  # the whole group, also when its leader already exited
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.time() + 20
-        for p in self.procs.values():
+        for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
@@ -166,6 +212,7 @@ class AirflowStack:
             except ProcessLookupError:
                 pass
         self.procs.clear()
+        self.retired.clear()
 
     def __enter__(self) -> AirflowStack:
         return self

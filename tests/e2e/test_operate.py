@@ -1,9 +1,12 @@
 """Operating the DAG the way Airflow users do: backfills (and reprocessing them),
-concurrent runs of different and of the same interval, REST API triggers with bad Params."""
+concurrent runs of different and of the same interval, REST API triggers with bad Params,
+and a scheduler that dies mid-run."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pyarrow as pa
@@ -126,6 +129,23 @@ def test_same_interval_twice_at_once_cannot_corrupt(airflow_stack, scheduled_run
     states = [airflow_stack.wait_run(DAG_ID, r, timeout=1200) for r in run_ids]
     assert "success" in states, [failed_logs(airflow_stack, r, airflow_stack.task_states(DAG_ID, r)) for r in run_ids]
     facts = _interval_facts(ds)  # every manifest verifies and every file it names is intact
+    assert facts["balanced"]
+    assert facts["distinct_keys"] == facts["clean"]["rows"]
+
+
+def test_scheduler_killed_mid_run_is_restarted_and_the_run_completes(airflow_stack, scheduled_run):
+    ds = day(3)
+    run_id = airflow_stack.trigger(DAG_ID, conf={**FAST, "interval_date": ds})
+    deadline = time.time() + 600
+    while "running" not in airflow_stack.task_states(DAG_ID, run_id).values():
+        assert time.time() < deadline, airflow_stack.task_states(DAG_ID, run_id)
+        time.sleep(1)
+    restarts = airflow_stack.restarts.get("scheduler", 0)
+    os.kill(airflow_stack.procs["scheduler"].pid, signal.SIGKILL)  # no shutdown: its executor's queue is lost
+    state = airflow_stack.wait_run(DAG_ID, run_id, timeout=1200)  # supervises: restarts the scheduler
+    assert airflow_stack.restarts["scheduler"] == restarts + 1
+    assert state == "success", failed_logs(airflow_stack, run_id, airflow_stack.task_states(DAG_ID, run_id))
+    facts = _interval_facts(ds)
     assert facts["balanced"]
     assert facts["distinct_keys"] == facts["clean"]["rows"]
 
