@@ -10,7 +10,10 @@ Three models, each small enough to fit on a handful of runs:
   ``Forecaster``). The upper bound multiplies by a quantile of the
   leave-one-out actual/predicted ratios (a split-conformal style bound: honest with few runs),
   calibrated separately for queries within the history's input and cluster sizes (interpolation
-  ratios) and beyond them (all ratios), see ``_RatioModel``.
+  ratios) and beyond them (all ratios), see ``_RatioModel``. The quantile's level adapts online to
+  how often recent runs exceeded the bound their plan predicted (adaptive conformal inference,
+  ``adaptive_levels``): the leave-one-out bound assumes past runs are exchangeable with the next
+  one, which a drifting machine breaks. Its level too is kept per region.
   When the history records each run's partitions (tasks per phase), a **wave model** competes:
   the parallel term becomes ``ceil(partitions/(workers*threads)) * bytes/partitions`` (a step runs
   its tasks in waves; the last wave costs a whole task even if it is half empty). It replaces the
@@ -67,6 +70,8 @@ DEFAULT_PARTITION_BYTES = 64 << 20
 MIN_HISTORY = 5
 MEMORY_FRACTION = 0.7  # distributed.worker.memory.spill
 QUANTILE = 0.9
+ADAPT_GAMMA = 0.05  # adaptive conformal step: one miss raises the level by 0.05 x (1 - miss rate target)
+MAX_LEVEL = 0.99
 FALLBACK_TOLERANCE = 0.10  # deadline out of reach: accept this much more (upper) wall time than the fastest size
 
 
@@ -124,6 +129,46 @@ def bytes_identifiable(input_bytes: np.ndarray) -> bool:
     return len(input_bytes) >= 3 and float(input_bytes.max()) >= 1.5 * float(input_bytes.min())
 
 
+@dataclass
+class AdaptiveLevels:
+    """The wall bound's quantile levels after ``adaptive_levels``, per region, and the misses behind them."""
+
+    inside: float  # for queries within the history's input and cluster sizes
+    beyond: float  # for queries beyond them
+    misses_inside: int = 0
+    misses_beyond: int = 0
+
+
+def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = ADAPT_GAMMA) -> AdaptiveLevels:
+    """The quantile levels for the next wall-time bound, adapted to the recorded runs that exceeded theirs.
+
+    Adaptive conformal inference (Gibbs & Candes, 2021) over the runs, oldest first, that recorded the
+    upper wall time their plan predicted: ``alpha <- alpha + gamma * (target - miss)`` with target
+    ``1 - quantile``. A run slower than its bound (the host got slower, a neighbour took its cores)
+    raises the level by ``gamma * quantile``; each covered run lowers it by ``gamma * (1 - quantile)``,
+    back to ``quantile`` and never below it, so a history that keeps its promises plans as before.
+    Levels stay <= ``MAX_LEVEL`` (the conformal quantile of the ratios is then their largest).
+    As the bound itself (``_RatioModel``), the level is kept per region: a run whose input or cluster
+    size lay beyond every earlier run's was an extrapolation, and its miss (a one-off spike) raises
+    only the level of later extrapolations, not that of ordinary intervals."""
+    target = 1.0 - quantile
+    alpha = {True: target, False: target}
+    misses = {True: 0, False: 0}
+    lo = hi = None  # range of (input bytes, workers) over the earlier runs
+    for r in rows:
+        if not (r.get("success", True) and r.get("wall_s") and r.get("input_bytes") and r.get("workers")):
+            continue
+        x = np.array([float(r["input_bytes"]), float(r["workers"])])
+        upper = r.get("predicted_wall_s_upper")
+        if upper:
+            inside = lo is not None and bool(np.all((lo <= x) & (x <= hi)))
+            miss = float(r["wall_s"]) > float(upper)
+            misses[inside] += miss
+            alpha[inside] = min(target, max(1.0 - MAX_LEVEL, alpha[inside] + gamma * (target - miss)))
+        lo, hi = (x, x) if lo is None else (np.minimum(lo, x), np.maximum(hi, x))
+    return AdaptiveLevels(1.0 - alpha[True], 1.0 - alpha[False], misses[True], misses[False])
+
+
 def _conformal_ratio(ratios: list[float], quantile: float) -> float:
     """The finite-sample conformal quantile of actual/predicted ratios (index ceil((n+1) q) / n), >= 1."""
     n = len(ratios)
@@ -156,8 +201,9 @@ class _RatioModel:
 
     MIN_REGION_RUNS = 5
 
-    def __init__(self, quantile: float):
-        self.quantile = quantile
+    def __init__(self, quantile: float, inside_quantile: float | None = None):
+        self.quantile = quantile  # level of the bound beyond the history's range
+        self.inside_quantile = quantile if inside_quantile is None else inside_quantile
         self.model = LinearRegression(positive=True, fit_intercept=False)
         self.upper_ratio = 1.0  # the bound beyond the history's range (all leave-one-out ratios)
         self.upper_ratio_inside = 1.0  # the bound within it (interpolation ratios only)
@@ -185,13 +231,14 @@ class _RatioModel:
         self.loo_ratios = ratios
         self.loo_ape = [abs(1.0 / r - 1.0) for r in ratios]
         self.upper_ratio = _conformal_ratio(ratios, self.quantile)
-        self.upper_ratio_inside = self.upper_ratio
+        # too few interpolation ratios of their own: all ratios, at the higher of the two levels
+        self.upper_ratio_inside = _conformal_ratio(ratios, max(self.quantile, self.inside_quantile))
         if region is not None and len(y) >= 3:
             self.region = np.asarray(region, float)
             self.loo_inside = [bool(v) for v in _inside_others(self.region)]
             inside = [r for r, ok in zip(ratios, self.loo_inside, strict=True) if ok]
             if len(inside) >= self.MIN_REGION_RUNS:
-                self.upper_ratio_inside = _conformal_ratio(inside, self.quantile)
+                self.upper_ratio_inside = _conformal_ratio(inside, self.inside_quantile)
                 self.upper_ratio = max(self.upper_ratio, self.upper_ratio_inside)
         return self
 
@@ -236,6 +283,7 @@ class Forecaster:
     bytes_per_partition: float = 0.0  # median over the history: tasks of an input whose count is not given
     smooth_loo_mape: float | None = None  # leave-one-out MAPE of the smooth model, when the wave model competed
     waves_loo_mape: float | None = None
+    levels: AdaptiveLevels | None = None  # the wall bound's quantile levels (adaptive_levels)
 
     @classmethod
     def fit(cls, rows: list[dict[str, Any]], quantile: float = QUANTILE) -> Forecaster:
@@ -243,6 +291,7 @@ class Forecaster:
         f = cls(n_runs=len(ok))
         if not ok:
             return f
+        f.levels = lv = adaptive_levels(rows, quantile)
         b = np.array([r["input_bytes"] for r in ok], float)
         w = np.array([r["workers"] for r in ok], float)
         t = np.array([max(r["threads"] or 1, 1) for r in ok], float)
@@ -251,12 +300,12 @@ class Forecaster:
         f.sizes_seen = (int(w.min()), int(w.max()))
         y = np.array([r["wall_s"] for r in ok], float)
         region = np.column_stack([b, w])  # interpolation vs extrapolation in input size and cluster size
-        f.wall = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode), y, region)
+        f.wall = _RatioModel(lv.beyond, lv.inside).fit(_wall_features(b, w, t, f.mode), y, region)
         parts = np.array([r.get("partitions") or 0 for r in ok], float)
         if len(ok) >= 3 and parts.min() > 0:
             # the wave model competes with the smooth one on leave-one-out error; it must do strictly better
             f.bytes_per_partition = float(np.median(b / parts))
-            waves = _RatioModel(quantile).fit(_wall_features(b, w, t, f.mode, parts), y, region)
+            waves = _RatioModel(lv.beyond, lv.inside).fit(_wall_features(b, w, t, f.mode, parts), y, region)
             f.smooth_loo_mape = float(np.mean(f.wall.loo_ape))
             f.waves_loo_mape = float(np.mean(waves.loo_ape))
             if f.waves_loo_mape < f.smooth_loo_mape:
@@ -354,8 +403,12 @@ def make_plan(
     if f.n_runs >= min_history:
         est = f.predict(input_bytes, sizes, threads_per_worker, partitions)
         source = "forecast"
-        why = (f"fitted on {f.n_runs} runs; upper = q{quantile:g} (x{f.wall.upper_ratio_inside:.2f} within the "
-               f"history's input and cluster sizes, x{f.wall.upper_ratio:.2f} beyond)")
+        lv = f.levels
+        why = (f"fitted on {f.n_runs} runs; upper = q{lv.inside:.3g} x{f.wall.upper_ratio_inside:.2f} within the "
+               f"history's input and cluster sizes, q{lv.beyond:.3g} x{f.wall.upper_ratio:.2f} beyond")
+        if max(lv.inside, lv.beyond) > quantile:
+            why += (f"; levels raised from q{quantile:g} (adaptive conformal): {lv.misses_inside} run(s) within "
+                    f"and {lv.misses_beyond} beyond the earlier runs' sizes took longer than their predicted bound")
         if f.waves:
             why += (f"; wave model: ceil({f.tasks_for(input_bytes, partitions)} tasks / slots) x bytes per task "
                     f"(leave-one-out MAPE {f.waves_loo_mape:.1%} vs {f.smooth_loo_mape:.1%} smooth)")
@@ -382,7 +435,7 @@ def make_plan(
     ok = np.flatnonzero(fits_time & fits_mem)
     if ok.size:
         i = int(ok[0])
-        reason = (f"smallest size meeting deadline {deadline_s:g}s at q{quantile:g} with peak memory under "
+        reason = (f"smallest size meeting deadline {deadline_s:g}s at the upper bound with peak memory under "
                   f"{memory_fraction:g} x {memory_per_worker} B/worker")
     elif fits_mem.any():
         # no size meets the deadline at the upper quantile: near-fastest, not fastest at any price; the
@@ -391,7 +444,7 @@ def make_plan(
         cand = np.flatnonzero(fits_mem)
         best = float(est["wall_s_upper"][cand].min())
         i = int(cand[np.flatnonzero(est["wall_s_upper"][cand] <= (1 + fallback_tolerance) * best)[0]])
-        reason = (f"deadline {deadline_s:g}s cannot be met within {max_workers} workers at q{quantile:g} "
+        reason = (f"deadline {deadline_s:g}s cannot be met within {max_workers} workers at the upper bound "
                   f"(best upper {best:.0f}s); using the smallest size within {fallback_tolerance:.0%} of the "
                   f"fastest (upper {est['wall_s_upper'][i]:.0f}s) that fits memory")
     else:

@@ -334,3 +334,52 @@ def test_an_extrapolated_outlier_does_not_widen_the_bound_of_ordinary_inputs():
     plan = forecast.make_plan(rows, 1.3e9, deadline_s=1.25 * truth(1.3e9, 1), max_workers=2,
                               memory_per_worker=64 << 30)
     assert plan.workers == 1 and "within the history's input and cluster sizes" in plan.reason
+
+
+def test_bound_level_adapts_to_runs_that_exceeded_their_bound():
+    """Adaptive conformal: each run slower than its predicted upper bound raises the level, covered runs
+    bring it back to the configured quantile and never below; misses count in their own region."""
+    def run(b, wall, upper=12.0, w=1):
+        return dict(success=True, input_bytes=b, workers=w, wall_s=wall, predicted_wall_s_upper=upper)
+
+    edges = [run(1e8, 10.0, upper=None), run(9e8, 10.0, upper=None)]  # the range later runs fall inside
+    covered = [run(5e8, 10.0)] * 5
+    missed = [run(5e8, 13.0)]
+    levels = forecast.adaptive_levels
+    assert (levels(edges + covered, 0.9).inside, levels(edges + covered, 0.9).misses_inside) == (0.9, 0)
+    assert levels(edges + missed, 0.9).inside == pytest.approx(0.945)
+    two = levels(edges + covered + missed * 2, 0.9)
+    assert (two.inside, two.misses_inside, two.beyond) == (pytest.approx(0.99), 2, 0.9)
+    assert levels(edges + covered + missed * 5, 0.9).inside == pytest.approx(forecast.MAX_LEVEL)
+    assert levels(edges + covered + missed + covered * 2, 0.9).inside == pytest.approx(0.9)
+    # a spike (3x the largest input so far) that blew its bound raises only the level of extrapolations
+    spike = levels(edges + covered + [run(27e8, 40.0)] + covered, 0.9)
+    assert (spike.inside, spike.beyond, spike.misses_beyond) == (0.9, pytest.approx(0.945), 1)
+    # a cluster size never tried before is an extrapolation too
+    assert levels(edges + [run(5e8, 13.0, w=4)], 0.9).misses_beyond == 1
+
+
+def test_drift_raises_the_bound_and_buys_the_worker_the_deadline_needs():
+    """The host got 30% slower: the last run exceeded the bound its plan predicted. A history that records
+    that miss plans as if such runs will recur; the same runs without the record treat the slow one as
+    the 1-in-30 outlier the q0.9 bound may leave out."""
+    def truth(b, w):
+        return 1.0 + 0.5 * b / 1e8 / w + 0.5 * b / 1e8
+
+    rows = _alternating_runs(truth, 30, (0.7e9, 1.6e9), noise=0.02, seed=9)
+    for r in rows:
+        r["predicted_wall_s_upper"] = r["wall_s"] * 1.1
+    rows[-1]["wall_s"] *= 1.3 / 1.1  # drift: 30% slower than its run's truth, above its bound
+    kw = dict(max_workers=2, memory_per_worker=64 << 30)
+    calm = [{k: v for k, v in r.items() if k != "predicted_wall_s_upper"} for r in rows]
+    b = 1.2e9
+    base = forecast.make_plan(calm, b, deadline_s=1e6, **kw)
+    drifted = forecast.make_plan(rows, b, deadline_s=1e6, **kw)
+    assert drifted.predicted["wall_s_upper"] > 1.1 * base.predicted["wall_s_upper"]
+    assert drifted.predicted["wall_s"] == base.predicted["wall_s"]  # the point forecast is the same model
+    assert "levels raised from q0.9 (adaptive conformal): 1 run(s) within" in drifted.reason
+    assert "upper = q0.945" in drifted.reason
+    # a deadline between the two 1-worker bounds: only the drift-aware plan pays for the second worker
+    deadline = (base.predicted["wall_s_upper"] + drifted.predicted["wall_s_upper"]) / 2
+    assert forecast.make_plan(calm, b, deadline_s=deadline, **kw).workers == 1
+    assert forecast.make_plan(rows, b, deadline_s=deadline, **kw).workers == 2
