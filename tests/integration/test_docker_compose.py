@@ -35,6 +35,10 @@ def test_compose_file_validates(tmp_path):
     services = set(config["services"])
     assert {"postgres", "api-server", "scheduler", "dag-processor", "triggerer"} <= services
     assert {"dask-scheduler", "dask-worker"} <= services
+    # long-running services come back after a crash; the one-shot init does not rerun
+    assert {name for name, svc in config["services"].items() if svc.get("restart") == "unless-stopped"} >= {
+        "api-server", "scheduler", "dag-processor", "triggerer", "dask-scheduler", "dask-worker"}
+    assert config["services"]["airflow-init"]["restart"] == "no"
     env_of = config["services"]["scheduler"]["environment"]
     assert "AIRFLOW_CONN_DASK_DEFAULT" in env_of and "postgresql" in env_of["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
 
