@@ -816,7 +816,7 @@ def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float
                            prewarm_workers=pre.workers, workers=plan.workers)
                 past.append({"success": True, "input_bytes": nbytes, "workers": plan.workers, "threads": 1,
                              "wall_s": r["wall_s"], "peak_memory_per_worker": peak, "partitions": n_tasks,
-                             "predicted_wall_s_upper": plan.predicted["wall_s_upper"]})
+                             "predicted_wall_s_upper": plan.predicted["wall_s_upper"], "plan_source": plan.source})
             runs.append(row)
     return {"runs": runs, "deadline": D, "median_bytes": median_bytes, "prewarm_lead_s": lead,
             "startup_s_median": float(np.median(draws))}

@@ -147,7 +147,9 @@ def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = 
     ``1 - quantile``. A run slower than its bound (the host got slower, a neighbour took its cores)
     raises the level by ``gamma * quantile``; each covered run lowers it by ``gamma * (1 - quantile)``,
     back to ``quantile`` and never below it, so a history that keeps its promises plans as before.
-    Levels stay <= ``MAX_LEVEL`` (the conformal quantile of the ratios is then their largest).
+    Levels stay <= ``MAX_LEVEL`` (the conformal quantile of the ratios is then their largest). Runs
+    planned by the no-history heuristic (``plan_source="heuristic"``) do not count: its bound is a guess,
+    not the one being calibrated.
     As the bound itself (``_RatioModel``), the level is kept per region: a run whose input or cluster
     size lay beyond every earlier run's was an extrapolation, and its miss (a one-off spike) raises
     only the level of later extrapolations, not that of ordinary intervals."""
@@ -160,7 +162,8 @@ def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = 
             continue
         x = np.array([float(r["input_bytes"]), float(r["workers"])])
         upper = r.get("predicted_wall_s_upper")
-        if upper:
+        # only the fitted model's bounds are calibrated here: the no-history heuristic's 1.5x is a guess
+        if upper and r.get("plan_source", "forecast") == "forecast":
             inside = lo is not None and bool(np.all((lo <= x) & (x <= hi)))
             miss = float(r["wall_s"]) > float(upper)
             misses[inside] += miss

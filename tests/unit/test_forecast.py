@@ -355,6 +355,10 @@ def test_bound_level_adapts_to_runs_that_exceeded_their_bound():
     # a spike (3x the largest input so far) that blew its bound raises only the level of extrapolations
     spike = levels(edges + covered + [run(27e8, 40.0)] + covered, 0.9)
     assert (spike.inside, spike.beyond, spike.misses_beyond) == (0.9, pytest.approx(0.945), 1)
+    # the no-history heuristic's bound is not the one calibrated: its misses do not count
+    guess = [{**r, "plan_source": "heuristic"} for r in missed * 3]
+    assert levels(edges + guess + covered, 0.9).misses_inside == 0
+    assert levels(edges + [{**missed[0], "plan_source": "forecast"}], 0.9).misses_inside == 1
     # a cluster size never tried before is an extrapolation too
     assert levels(edges + [run(5e8, 13.0, w=4)], 0.9).misses_beyond == 1
 
