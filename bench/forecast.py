@@ -356,10 +356,23 @@ def run_real(clusters: RealClusters, policy: str, files: list[str], sizes: list[
             "tail_s": t_rel - t2, "loadavg_1m": [load_before, os.getloadavg()[0]]}
 
 
+REAL_WORKER_MEMORY = 3 << 30
+
+
+def real_plan_kwargs(deadline: float, max_workers: int, rate: float) -> dict[str, Any]:
+    """`make_plan` arguments of the real part (also what bench/forecast_replay.py re-plans with).
+
+    The real clusters are LocalClusters on this host: the plan knows its CPUs, as plan_stage's does;
+    `rate` is input / wall of whole calibration runs, so it already holds the fixed overhead."""
+    return {"deadline_s": deadline, "max_workers": max_workers, "memory_per_worker": REAL_WORKER_MEMORY,
+            "quantile": QUANTILE, "heuristic_bytes_per_s": rate, "heuristic_overhead_s": 0.0,
+            "host_cpus": host_cpus()}
+
+
 def real_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     trace = make_trace(args.real_intervals, args.seed)
     url = f"sqlite:///{tmp / 'history.sqlite'}"
-    mem = 3 << 30
+    mem = REAL_WORKER_MEMORY
     for policy in POLICIES:
         (tmp / policy).mkdir()
     clusters = RealClusters(args.real_max_workers, mem, tmp)
@@ -393,11 +406,7 @@ def real_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 vol_pred, vol_how = forecast.forecast_volume(volumes, ds)
             else:
                 vol_pred, vol_how = float(cal_bytes), "calibration interval"
-            # the real clusters are LocalClusters on this host: the plan knows its CPUs, as plan_stage's does;
-            # `rate` is input / wall of whole calibration runs, so it already holds the fixed overhead
-            kw = {"deadline_s": deadline, "max_workers": args.real_max_workers, "memory_per_worker": mem,
-                  "quantile": QUANTILE, "heuristic_bytes_per_s": rate, "heuristic_overhead_s": 0.0,
-                  "host_cpus": host_cpus()}
+            kw = real_plan_kwargs(deadline, args.real_max_workers, rate)
             pre = forecast.make_plan(past, vol_pred, partition_bytes=piece_bytes, **kw)
             files, nbytes = interval_files(pool, int(args.base_rows * vol), args.rows_per_file, 7 * i)
             sizes = [os.path.getsize(f) for f in files]

@@ -14,20 +14,21 @@ import json
 import sys
 from typing import Any
 
+from bench.forecast import real_plan_kwargs
 from tasks import forecast
 
 BYTES_PER_FILE = 131e6 / 22  # a 9M-row weekday interval is ~131 MB in 22-23 raw files of 400k rows
 
 
-def replay(result: dict[str, Any], max_workers: int = 2, memory_per_worker: int = 3 << 30) -> dict[str, Any]:
+def replay(result: dict[str, Any]) -> dict[str, Any]:
     runs = [r for r in result["runs"]["real"] if r["policy"] == "forecast"]
+    max_workers = result["config"]["real_max_workers"]
     history: list[dict[str, Any]] = []
     matches, changed = 0, []
     for r in runs:
         parts = max(1, round(r["input_bytes"] / BYTES_PER_FILE))
-        kw = dict(deadline_s=r["deadline"], max_workers=max_workers, memory_per_worker=memory_per_worker,
-                  quantile=forecast.QUANTILE, heuristic_overhead_s=0.0, host_cpus=max_workers,
-                  partition_bytes=r["input_bytes"] / parts)
+        # only forecast intervals are re-planned, so the heuristic's rate does not matter
+        kw = real_plan_kwargs(r["deadline"], max_workers, rate=1.0) | {"partition_bytes": r["input_bytes"] / parts}
         if r["source"] == "forecast":
             adaptive = forecast.make_plan(history, r["input_bytes"], **kw).workers
             fixed_history = [{k: v for k, v in h.items() if k != "predicted_wall_s_upper"} for h in history]

@@ -571,7 +571,7 @@ def _survivor_pieces(part: pa.Table, mask: np.ndarray, job: Job, flagged: list[p
     """Per map batch of one split: kept rows, anomaly-screened, decoded, without the shuffle columns.
 
     Rows the anomaly model flags go to `flagged`; `stats` (train) collects the feature columns of the
-    written rows, still dictionary-encoded.
+    written rows, still dictionary-encoded (decoded when the anomaly screen ran: it scores decoded rows).
     """
     lo = 0
     for batch in part.to_batches():
@@ -588,7 +588,7 @@ def _survivor_pieces(part: pa.Table, mask: np.ndarray, job: Job, flagged: list[p
             rows, bad = anomaly.split_table(rows, job.anomaly)
             if bad.num_rows:
                 flagged.append(bad)
-            encoded = rows
+            encoded = rows  # the screened survivors: statistics must count only rows that are written
             if not rows.num_rows:
                 continue
         if stats is not None:

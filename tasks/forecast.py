@@ -141,6 +141,7 @@ class AdaptiveLevels:
 
 def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = ADAPT_GAMMA) -> AdaptiveLevels:
     """The quantile levels for the next wall-time bound, adapted to the recorded runs that exceeded theirs.
+    `rows`: the successful runs ``Forecaster.fit`` models, oldest first.
 
     Adaptive conformal inference (Gibbs & Candes, 2021) over the runs, oldest first, that recorded the
     upper wall time their plan predicted: ``alpha <- alpha + gamma * (target - miss)`` with target
@@ -158,8 +159,6 @@ def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = 
     misses = {True: 0, False: 0}
     lo = hi = None  # range of (input bytes, workers) over the earlier runs
     for r in rows:
-        if not (r.get("success", True) and r.get("wall_s") and r.get("input_bytes") and r.get("workers")):
-            continue
         x = np.array([float(r["input_bytes"]), float(r["workers"])])
         upper = r.get("predicted_wall_s_upper")
         # only the fitted model's bounds are calibrated here: the no-history heuristic's 1.5x is a guess
@@ -294,7 +293,7 @@ class Forecaster:
         f = cls(n_runs=len(ok))
         if not ok:
             return f
-        f.levels = lv = adaptive_levels(rows, quantile)
+        f.levels = lv = adaptive_levels(ok, quantile)
         b = np.array([r["input_bytes"] for r in ok], float)
         w = np.array([r["workers"] for r in ok], float)
         t = np.array([max(r["threads"] or 1, 1) for r in ok], float)

@@ -138,13 +138,13 @@ class AirflowStack:
     def _spawn(self, name: str) -> None:
         path = self._log_path(name)
         self._log_offsets[name] = path.stat().st_size if path.exists() else 0
-        out = open(path, "ab")  # noqa: SIM115 - lives as long as the process
         args = ["airflow", name]
         if name == "api-server":
             args += ["--port", str(self.port), "--host", "127.0.0.1"]
-        self.procs[name] = subprocess.Popen(
-            args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True
-        )
+        with open(path, "ab") as out:  # the child keeps its own descriptor; a restart leaks none here
+            self.procs[name] = subprocess.Popen(
+                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True
+            )
 
     def crash_report(self, name: str) -> str:
         """What the service's last process logged: its last exception chain from the first traceback (the
