@@ -29,9 +29,12 @@ like ``clean``'s ``n_buckets = bytes / target_file_bytes``.
    graph at TB scale: ``bytes / 128 MB`` map tasks and as many reduce tasks, task durations drawn
    from the measured per-byte rates and their lognormal spread, worker start-up drawn from the
    measured start-ups, and Dask's adaptive loop as distributed implements it (``_adapt_tick``).
-   The same task-duration draws per interval are shared by all policies. A second, separately
-   labelled scenario assumes a 60 s worker start-up (a cloud VM / pod): an assumption, not a
-   measurement.
+   The same task-duration draws per interval are shared by all policies. A second scenario draws the
+   start-ups measured through the product's ``gateway`` backend (``tasks.cluster.gateway.resize`` on a
+   loopback dask-gateway server with its local backend, ``measure_gateway_startups``). A third,
+   separately labelled scenario assumes a 60 s worker start-up (a cloud VM / pod): an assumption, not
+   a measurement; and a start-up sweep (``--sweep-startups``) re-runs the simulation at each of a
+   list of start-ups, to show from which start-up on the cost target holds (also assumed values).
 
 Cost accounting (all policies alike): a worker is billed from its scale request until it is
 released; the one worker a policy keeps standing between intervals (adapt's minimum, the forecast
@@ -357,6 +360,31 @@ def run_real(clusters: RealClusters, policy: str, files: list[str], sizes: list[
 
 
 REAL_WORKER_MEMORY = 3 << 30
+
+
+def measure_gateway_startups(tmp: Path, n: int = 5) -> list[float]:
+    """Worker start-ups through the product's ``gateway`` backend: a dask-gateway server (local backend) on
+    loopback, ``tasks.cluster.gateway.resize`` 1 -> 2 (what the forecast sensor calls), timed until the
+    second worker has registered with the shared cluster's scheduler; ``n`` times."""
+    from tasks.cluster import ClusterPlan, gateway
+    from tasks.cluster.gateway_local import local_gateway
+
+    out: list[float] = []
+    with local_gateway(tmp / "gateway", worker_memory=REAL_WORKER_MEMORY, max_workers=2,
+                       env={"PYTHONPATH": str(REPO)}) as cfg:
+        with gateway.connect(cfg, ClusterPlan(workers=1)) as client:
+            for _ in range(n):
+                t = time.perf_counter()
+                gateway.resize(cfg, 2)
+                client.wait_for_workers(2, timeout=120)
+                out.append(time.perf_counter() - t)
+                gateway.resize(cfg, 1)
+                for _ in range(600):
+                    if len(client.scheduler_info(n_workers=-1).get("workers", {})) <= 1:
+                        break
+                    time.sleep(0.05)
+    log.info("gateway worker start-ups (resize 1 -> 2 until registered): %s", [round(x, 2) for x in out])
+    return out
 
 
 def real_plan_kwargs(deadline: float, max_workers: int, rate: float) -> dict[str, Any]:
@@ -753,15 +781,17 @@ def _adapt_tick(t, maximum, prefixes, registered, idle, pending, data, used, wor
         release(t, w)
 
 
-def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float | None = None) -> dict[str, Any]:
+def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float | None = None,
+             startups: list[float] | None = None) -> dict[str, Any]:
     """The trace at TB scale through ``simulate_step`` under each policy.
 
-    ``startup_scale``: None = start-ups drawn from the real measurements; a number = every start-up is
-    that many seconds times the measured relative spread (the sensitivity scenario, an assumption).
+    ``startups``: measured worker start-ups to draw from (default: the LocalCluster ones of the calibration);
+    ``startup_scale``: None = draw them as measured; a number = every start-up is that many seconds times
+    the measured relative spread (the sensitivity scenarios, assumptions).
     """
     trace = make_trace(args.sim_intervals, args.seed + 1)
     rng = np.random.default_rng(args.seed + 2)
-    measured = np.array(cal["startups_s"], float)
+    measured = np.array(startups or cal["startups_s"], float)
     if startup_scale is None:
         draws = measured
     else:
@@ -825,6 +855,7 @@ def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float
                            prewarm_workers=pre.workers, workers=plan.workers)
                 past.append({"success": True, "input_bytes": nbytes, "workers": plan.workers, "threads": 1,
                              "wall_s": r["wall_s"], "peak_memory_per_worker": peak, "partitions": n_tasks,
+                             "memory_limit": mem_w,
                              "predicted_wall_s_upper": plan.predicted["wall_s_upper"], "plan_source": plan.source})
             runs.append(row)
     return {"runs": runs, "deadline": D, "median_bytes": median_bytes, "prewarm_lead_s": lead,
@@ -872,13 +903,35 @@ def summarize(runs: list[dict[str, Any]], policy: str) -> dict[str, Any]:
     return out
 
 
-def plot(parts: dict[str, Any], table: dict[str, Any], path: Path) -> None:
+def forecast_startups_billed(runs: list[dict[str, Any]]) -> float:
+    """Worker-seconds the forecast cluster billed while its workers started (request -> registered)."""
+    return float(sum(r["startup_billed_s"] for r in runs if r["policy"] == "forecast"))
+
+
+def startup_sweep_point(args: argparse.Namespace, cal: dict[str, Any], startup_s: float) -> dict[str, Any]:
+    """The simulation at one (assumed) worker start-up: cost ratio, floor ratios, misses and spills."""
+    runs = sim_part(args, cal, startup_scale=startup_s)["runs"]
+    t = {p_: summarize(runs, p_) for p_ in POLICIES}
+    adapt, fc = t["adapt"], t["forecast"]
+    ratio = fc["worker_seconds"] / adapt["worker_seconds"]
+    return {"startup_s": startup_s, "cost_ratio_vs_adapt": round(ratio, 4),
+            "static_vs_adapt": round(t["static"]["worker_seconds"] / adapt["worker_seconds"], 4),
+            "floor_vs_adapt": round(work_floor(runs) / adapt["worker_seconds"], 4),
+            "floor_plus_forecast_startups_vs_adapt": round(
+                (work_floor(runs) + forecast_startups_billed(runs)) / adapt["worker_seconds"], 4),
+            "misses": [fc["deadline_misses"], adapt["deadline_misses"]],
+            "spill": [fc["spill_events"], adapt["spill_events"]],
+            "cost_target_met": ratio <= 0.8 and fc["deadline_misses"] <= adapt["deadline_misses"]}
+
+
+def plot(parts: dict[str, Any], table: dict[str, Any], path: Path, sweep: list[dict[str, Any]] | None = None,
+         local_startup: float | None = None, gateway_startup: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(19, 8))
     for ax, name in ((axes[0][0], "sim"), (axes[0][1], "real")):
         part = parts[name]
         fr = [r for r in part["runs"] if r["policy"] == "forecast"]
@@ -914,6 +967,26 @@ def plot(parts: dict[str, Any], table: dict[str, Any], path: Path) -> None:
     ax.axhline(0.8, color="red", lw=0.8, label="target 0.8 x adapt")
     ax.set_title("cost (worker-seconds) relative to adapt()")
     ax.legend(fontsize=7)
+    ax = axes[0][2]
+    if sweep:
+        xs_ = [p_["startup_s"] for p_ in sweep]
+        ax.plot(xs_, [p_["cost_ratio_vs_adapt"] for p_ in sweep], "o-", label="forecast / adapt")
+        ax.plot(xs_, [p_["floor_plus_forecast_startups_vs_adapt"] for p_ in sweep], ":",
+                label="work floor + forecast start-ups / adapt")
+        ax.plot(xs_, [p_["floor_vs_adapt"] for p_ in sweep], "--", label="work floor / adapt (no policy below)")
+        ax.axhline(0.8, color="red", lw=0.8, label="target 0.8")
+        for x, what, c in ((local_startup, "LocalCluster (measured)", "grey"),
+                           (gateway_startup, "gateway backend (measured)", "purple")):
+            if x:
+                ax.axvline(x, color=c, lw=0.8, ls="-.", label=f"{what}: {x:.1f} s")
+        ax.set_xscale("log")
+        ax.set_xlabel("worker start-up, s (simulated; assumed where not measured)")
+        ax.set_ylabel("cost relative to adapt()")
+        ax.set_title("sim: cost vs adapt() by worker start-up")
+        ax.legend(fontsize=7)
+    else:
+        ax.axis("off")
+    axes[1][2].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -936,6 +1009,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-worker-memory", type=int, default=16 << 30, help="assumed memory per simulated worker")
     p.add_argument("--sensitivity-startup", type=float, default=60.0,
                    help="worker start-up (s) of the sensitivity scenario: an assumption (cloud VM / pod)")
+    p.add_argument("--sweep-startups", type=lambda v: [float(x) for x in v.split(",")],
+                   default=[0.5, 1, 2, 3, 4, 5, 6, 8, 15, 30, 60],
+                   help="comma-separated worker start-ups (s) of the start-up sweep (simulated, assumed)")
+    p.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure worker start-ups through the gateway backend on a loopback dask-gateway server")
     p.add_argument("--drain", action=argparse.BooleanOptionalAction, default=True,
                    help="forecast policy releases idle workers the unfinished tasks cannot use (tasks.cluster.drain), "
                         "as the product's steps do; --no-drain measures the policy without it")
@@ -963,11 +1041,22 @@ def main(argv: list[str] | None = None) -> int:
             cache.write_text(json.dumps(real, default=float))
     real_s = float(real.get("real_seconds", time.perf_counter() - t0))
     cal = calibrate(real)
+    gw_startups: list[float] = []
+    if args.gateway:  # the product's gateway backend, measured fresh (a cached real part has no such runs)
+        gw_tmp = Path(tempfile.mkdtemp(prefix="lf-bench-gateway-"))
+        try:
+            gw_startups = measure_gateway_startups(gw_tmp)
+        finally:
+            shutil.rmtree(gw_tmp, ignore_errors=True)
     t1 = time.perf_counter()
-    sim = sim_part(args, cal)
-    sens = sim_part(args, cal, startup_scale=args.sensitivity_startup)
+    parts = {"real": real, "sim": sim_part(args, cal)}
+    if gw_startups:
+        parts["sim_gateway_startups"] = sim_part(args, cal, startups=gw_startups)
+    sens_name = f"sim_startup_{args.sensitivity_startup:g}s_assumed"
+    parts[sens_name] = sim_part(args, cal, startup_scale=args.sensitivity_startup)
+    sweep = [startup_sweep_point(args, cal, s_) for s_ in args.sweep_startups]
     sim_s = time.perf_counter() - t1
-    parts = {"real": real, "sim": sim, f"sim_startup_{args.sensitivity_startup:g}s_assumed": sens}
+    sim, sens = parts["sim"], parts[sens_name]
     table = {part: {p_: summarize(data["runs"], p_) for p_ in POLICIES} for part, data in parts.items()}
     checks = {}
     for part in parts:
@@ -985,11 +1074,15 @@ def main(argv: list[str] | None = None) -> int:
             "floor_vs_adapt": round(work_floor(parts[part]["runs"]) / t["adapt"]["worker_seconds"], 4),
         }
         if part != "real":  # the forecast cluster's own start-ups (request -> registered), billed, no work done
-            fr = [r for r in parts[part]["runs"] if r["policy"] == "forecast"]
-            billed = float(sum(r["startup_billed_s"] for r in fr))
+            billed = forecast_startups_billed(parts[part]["runs"])
             checks[part]["forecast_startup_billed_s"] = round(billed, 1)
             checks[part]["floor_plus_forecast_startups_vs_adapt"] = round(
                 (work_floor(parts[part]["runs"]) + billed) / t["adapt"]["worker_seconds"], 4)
+    met = [p_["startup_s"] for p_ in sweep if p_["cost_target_met"]]
+    checks["startup_sweep"] = {"target_met_from_startup_s": min(met) if met else None,
+                               "target_met_at": [p_["startup_s"] for p_ in sweep if p_["cost_target_met"]],
+                               "floor_below_0.8_from_startup_s": min(
+                                   [p_["startup_s"] for p_ in sweep if p_["floor_vs_adapt"] <= 0.8], default=None)}
     real_runs = [{k: v for k, v in r.items() if k != "tasks"} for r in real["runs"]]
     doc = {
         "benchmark": "forecast",
@@ -1000,10 +1093,17 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {
             "real": f"LocalClusters of up to {args.real_max_workers} workers (1 thread each) on this "
                     f"{os.cpu_count()}-core shared machine; measured",
-            "sim": "task-level simulation, task rates/spread and worker start-ups as measured on the real runs",
-            list(parts)[2]: f"as sim, but every worker start-up {args.sensitivity_startup:g} s x the measured "
-                            "relative spread: an ASSUMPTION (cloud VM / pod), not a measurement",
+            "sim": "task-level simulation, task rates/spread and worker start-ups as measured on the real runs "
+                   "(LocalCluster scale-ups)",
+            "sim_gateway_startups": "as sim, worker start-ups measured through the product's gateway backend "
+                                    "(tasks.cluster.gateway.resize on a loopback dask-gateway server, local backend)",
+            sens_name: f"as sim, but every worker start-up {args.sensitivity_startup:g} s x the measured "
+                       "relative spread: an ASSUMPTION (cloud VM / pod), not a measurement",
+            "startup_sweep": "as sim at each start-up (s) x the measured relative spread: where the cost target "
+                             "starts to hold; ASSUMED start-ups except where they match a measured one",
         },
+        "gateway_startups_s": [round(x, 3) for x in gw_startups],
+        "startup_sweep": sweep,
         "config": {"quantile": QUANTILE, "real_intervals": args.real_intervals, "base_rows": args.base_rows,
                    "rows_per_file": args.rows_per_file, "real_max_workers": args.real_max_workers,
                    "real_deadline_s": round(real["deadline"], 2), "sim_intervals": args.sim_intervals,
@@ -1021,7 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {"real": real_runs, **{part: data["runs"] for part, data in parts.items() if part != "real"}},
     }
     (out_dir / "forecast.json").write_text(json.dumps(doc, indent=1, default=float))
-    plot(parts, table, out_dir / "forecast.png")
+    plot(parts, table, out_dir / "forecast.png", sweep, cal["startup_median_s"],
+         float(np.median(gw_startups)) if gw_startups else None)
     print(f"\nforecast sizing vs adapt() vs static max (real part {real_s:.0f}s on {os.cpu_count()} shared cores)\n")
     print("| part | policy | worker-s | cost/adapt | makespan total s | max makespan s | deadline misses | "
           "spill | OOM | mean workers | wall MAPE (interval >= 10) |")
@@ -1034,6 +1135,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['worker_seconds'] / table[part]['adapt']['worker_seconds']:.2f} | {t['makespan_total_s']:.1f} | "
                   f"{t['makespan_max_s']:.1f} | {t['deadline_misses']} | {t['spill_events']} | {t['oom_events']} | "
                   f"{t['mean_workers']} | {'' if mape is None else f'{mape:.1%}'} |")
+    print("\n| worker start-up s | forecast / adapt | floor / adapt | floor + forecast start-ups / adapt | "
+          "misses F / A | spill F / A |")
+    print("|---|---|---|---|---|---|")
+    for p_ in sweep:
+        print(f"| {p_['startup_s']:g} | {p_['cost_ratio_vs_adapt']:.3f} | {p_['floor_vs_adapt']:.3f} | "
+              f"{p_['floor_plus_forecast_startups_vs_adapt']:.3f} | {p_['misses'][0]} / {p_['misses'][1]} | "
+              f"{p_['spill'][0]} / {p_['spill'][1]} |")
     print(f"\nchecks: {json.dumps(checks)}")
     print("calibration: " + json.dumps({k: v for k, v in cal.items() if k != "startups_s"}))
     return 0

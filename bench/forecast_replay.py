@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from bench.forecast import real_plan_kwargs
+from bench.forecast import REAL_WORKER_MEMORY, real_plan_kwargs
 from tasks import forecast
 
 BYTES_PER_FILE = 131e6 / 22  # a 9M-row weekday interval is ~131 MB in 22-23 raw files of 400k rows
@@ -38,6 +38,7 @@ def replay(result: dict[str, Any]) -> dict[str, Any]:
                 changed.append({"interval": r["interval"], "ran": r["workers"], "adaptive": adaptive, "fixed": fixed})
         history.append(dict(success=True, input_bytes=r["input_bytes"], workers=r["workers"], threads=1,
                             wall_s=r["wall_s"], partitions=parts, peak_memory_per_worker=r["peak_memory"],
+                            memory_limit=REAL_WORKER_MEMORY,
                             predicted_wall_s_upper=r["predicted_upper"], plan_source=r["source"]))
     planned = sum(r["source"] == "forecast" for r in runs)
     return {"forecast_plans": planned, "replay_matches_run": matches, "adaptive_changes": changed}

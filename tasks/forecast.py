@@ -19,7 +19,12 @@ Three models, each small enough to fit on a handful of runs:
   its tasks in waves; the last wave costs a whole task even if it is half empty). It replaces the
   smooth term only when its leave-one-out MAPE is lower.
 - **Peak memory per worker** ``mem = e + f * bytes/workers + g * bytes/(workers*threads)``,
-  same fitting and upper bound.
+  same fitting and upper bound. Its level (Param ``forecast_memory_quantile``, default the wall's) adapts
+  as the wall's does, to the plans' memory promise: a model-planned run whose peak went over the spill
+  threshold (``memory_fraction`` x its memory limit) raises it (``memory_level``), by a larger step than
+  the wall's: one spill takes it to the cap, and covered runs bring it back over ~10 runs. A fixed higher
+  level was tried: q0.99 halved the simulation's spills but, on the real bench, whose long-lived workers'
+  memory creeps up from run to run, it bought a second worker for runs that peaked at 0.8 x threshold.
 - **Input volume** of the next interval: ``HuberRegressor`` on log bytes with a linear trend and
   day-of-week terms (robust to a one-off spike), so a cluster can be warmed before data lands.
 
@@ -71,6 +76,9 @@ MIN_HISTORY = 5
 MEMORY_FRACTION = 0.7  # distributed.worker.memory.spill
 QUANTILE = 0.9
 ADAPT_GAMMA = 0.05  # adaptive conformal step: one miss raises the level by 0.05 x (1 - miss rate target)
+# the memory bound's step: one spill takes its level from q0.9 to the cap at once. A spill slows the step and
+# nears OOM, while the memory bound costs workers only in the intervals where memory sizes the cluster
+MEMORY_ADAPT_GAMMA = 0.1
 MAX_LEVEL = 0.99
 FALLBACK_TOLERANCE = 0.10  # deadline out of reach: accept this much more (upper) wall time than the fastest size
 
@@ -166,9 +174,32 @@ def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = 
             inside = lo is not None and bool(np.all((lo <= x) & (x <= hi)))
             miss = float(r["wall_s"]) > float(upper)
             misses[inside] += miss
-            alpha[inside] = min(target, max(1.0 - MAX_LEVEL, alpha[inside] + gamma * (target - miss)))
+            alpha[inside] = _aci_step(alpha[inside], target, miss, gamma)
         lo, hi = (x, x) if lo is None else (np.minimum(lo, x), np.maximum(hi, x))
     return AdaptiveLevels(1.0 - alpha[True], 1.0 - alpha[False], misses[True], misses[False])
+
+
+def _aci_step(alpha: float, target: float, miss: bool, gamma: float) -> float:
+    """One adaptive conformal update of the miss rate ``alpha``, kept within [1 - MAX_LEVEL, target]."""
+    return min(target, max(1.0 - MAX_LEVEL, alpha + gamma * (target - miss)))
+
+
+def memory_level(rows: list[dict[str, Any]], quantile: float, memory_fraction: float = MEMORY_FRACTION,
+                 gamma: float = MEMORY_ADAPT_GAMMA) -> tuple[float, int]:
+    """The peak-memory bound's level and the misses behind it: adaptive conformal inference, as
+    ``adaptive_levels``, over the model-planned runs (oldest first) that recorded their memory limit.
+    A miss is a run whose peak memory per worker went over ``memory_fraction`` x its limit: the plan's
+    promise (peak under the spill threshold) was broken. One region: memory is not extrapolated by
+    cluster size the way wall time is."""
+    target = 1.0 - quantile
+    alpha, misses = target, 0
+    for r in rows:
+        limit, peak = float(r.get("memory_limit") or 0), float(r.get("peak_memory_per_worker") or 0)
+        if limit > 0 and peak > 0 and r.get("plan_source", "forecast") == "forecast":
+            miss = peak > memory_fraction * limit
+            misses += miss
+            alpha = _aci_step(alpha, target, miss, gamma)
+    return 1.0 - alpha, misses
 
 
 def _conformal_ratio(ratios: list[float], quantile: float) -> float:
@@ -286,9 +317,12 @@ class Forecaster:
     smooth_loo_mape: float | None = None  # leave-one-out MAPE of the smooth model, when the wave model competed
     waves_loo_mape: float | None = None
     levels: AdaptiveLevels | None = None  # the wall bound's quantile levels (adaptive_levels)
+    mem_level: float = QUANTILE  # the memory bound's level (memory_level)
+    mem_misses: int = 0
 
     @classmethod
-    def fit(cls, rows: list[dict[str, Any]], quantile: float = QUANTILE) -> Forecaster:
+    def fit(cls, rows: list[dict[str, Any]], quantile: float = QUANTILE, memory_quantile: float | None = None,
+            memory_fraction: float = MEMORY_FRACTION) -> Forecaster:
         ok = [r for r in rows if r.get("success") and r["wall_s"] > 0 and r["input_bytes"] > 0 and r["workers"] > 0]
         f = cls(n_runs=len(ok))
         if not ok:
@@ -316,7 +350,9 @@ class Forecaster:
         if len(with_mem) >= 3:
             idx = np.array(with_mem)
             mem_y = np.array([ok[i]["peak_memory_per_worker"] for i in with_mem], float)
-            f.mem = _RatioModel(quantile).fit(_mem_features(b[idx], w[idx], t[idx], f.full), mem_y)
+            f.mem_level, f.mem_misses = memory_level(ok, quantile if memory_quantile is None else memory_quantile,
+                                                     memory_fraction)
+            f.mem = _RatioModel(f.mem_level).fit(_mem_features(b[idx], w[idx], t[idx], f.full), mem_y)
         return f
 
     def tasks_for(self, input_bytes: float, partitions: int | None = None) -> int:
@@ -367,6 +403,7 @@ def make_plan(
     partition_bytes: float = DEFAULT_PARTITION_BYTES,
     min_history: int = MIN_HISTORY,
     quantile: float = QUANTILE,
+    memory_quantile: float | None = None,
     heuristic_bytes_per_s: float = HEURISTIC_BYTES_PER_S,
     memory_fraction: float = MEMORY_FRACTION,
     partitions: int | None = None,
@@ -376,6 +413,8 @@ def make_plan(
 ) -> ClusterPlan:
     """Smallest cluster meeting `deadline_s` (at the upper quantile) and fitting in memory.
 
+    `quantile` is the wall-time bound's level, `memory_quantile` the peak-memory bound's (default: the
+    same); both adapt to the history's misses (see the module docstring).
     `heuristic_bytes_per_s` (Param ``heuristic_bytes_per_s``) is the per-thread throughput the
     no-history heuristic assumes; a deployment sets it from one measured run. Memory fits when
     the upper peak stays under `memory_fraction` x `memory_per_worker` (Dask starts spilling
@@ -401,7 +440,10 @@ def make_plan(
                         f"({threads_per_worker} thread(s) each), more would add contention, not speed")
             max_workers = cap
     sizes = np.arange(min_workers, max_workers + 1)
-    f = Forecaster.fit(rows, quantile)
+    for name, q in (("forecast_quantile", quantile), ("forecast_memory_quantile", memory_quantile)):
+        if q is not None and not 0.0 < q < 1.0:
+            raise ValueError(f"plan: Param {name} must be in (0, 1), got {q}")
+    f = Forecaster.fit(rows, quantile, memory_quantile, memory_fraction)
     if f.n_runs >= min_history:
         est = f.predict(input_bytes, sizes, threads_per_worker, partitions)
         source = "forecast"
@@ -421,6 +463,10 @@ def make_plan(
                     "assumed")
         elif f.mode == "amdahl":
             why += f"; two sizes seen ({f.sizes_seen[0]}..{f.sizes_seen[1]}): overhead + parallel + serial work"
+        if f.mem is not None:
+            why += f"; peak memory upper = q{f.mem_level:.3g} x{f.mem.upper_ratio:.2f}"
+            if f.mem_misses:
+                why += f" (level raised: {f.mem_misses} run(s) peaked over the spill threshold)"
         if "peak_memory" not in est:
             h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s,
                                    heuristic_overhead_s)
@@ -538,6 +584,8 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
         partition_bytes=partition_bytes,
         min_history=_int_param(ctx, "min_history", MIN_HISTORY),
         quantile=_float_param(ctx, "forecast_quantile", QUANTILE),
+        memory_quantile=_float_param(ctx, "forecast_memory_quantile", _float_param(ctx, "forecast_quantile",
+                                                                                    QUANTILE)),
         heuristic_bytes_per_s=_float_param(ctx, "heuristic_bytes_per_s", HEURISTIC_BYTES_PER_S),
         memory_fraction=_float_param(ctx, "memory_fraction", MEMORY_FRACTION),
         fallback_tolerance=_float_param(ctx, "fallback_tolerance", FALLBACK_TOLERANCE),

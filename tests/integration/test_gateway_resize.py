@@ -9,18 +9,17 @@ clean-like Dask workload through the same ``client_for`` path), then the cluster
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 from leptonflow_airflow.sensors import ResourceForecastSensor, _inline_context
@@ -28,63 +27,17 @@ from leptonflow_airflow.sensors import ResourceForecastSensor, _inline_context
 from tasks import cluster as clusters
 from tasks import history
 from tasks.cluster import gateway
+from tasks.cluster.gateway_local import local_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gateway_config(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gateway")
-    api, proxy = _free_port(), _free_port()
-    # the gateway's default commands are the removed dask-scheduler/dask-worker scripts
-    (tmp / "config.py").write_text(textwrap.dedent(f"""
-        c.DaskGateway.address = "127.0.0.1:{api}"
-        c.Proxy.address = "127.0.0.1:{proxy}"
-        c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
-        c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
-        c.SimpleAuthenticator.password = "test-secret"
-        c.LocalClusterConfig.scheduler_cmd = [{PY!r}, "-m", "distributed.cli.dask_scheduler"]
-        c.LocalClusterConfig.worker_cmd = [{PY!r}, "-m", "distributed.cli.dask_worker"]
-        c.LocalClusterConfig.worker_memory = "1 G"
-        c.LocalClusterConfig.worker_threads = 1
-        c.LocalClusterConfig.idle_timeout = 0
-        c.LocalBackend.clusters_directory = {str(tmp / "clusters")!r}
-    """))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with open(tmp / "server.log", "wb") as logf:
-        server = subprocess.Popen([str(Path(PY).parent / "dask-gateway-server"), "-f", str(tmp / "config.py")],
-                                  cwd=tmp, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{api}/api/health", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"dask-gateway-server exited: {(tmp / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-        config = {"backend": "gateway", "address": f"http://127.0.0.1:{api}", "proxy_address": f"tcp://127.0.0.1:{proxy}",
-                  "auth": "simple", "password": "test-secret", "timeout": 120, "max_workers": 3,
-                  "worker_memory": 1 << 30}
+    # workers unpickle the steps' functions: the repo must be importable in them
+    with local_gateway(tmp_path_factory.mktemp("gateway"), env={"PYTHONPATH": str(REPO)}) as config:
         yield config
-        try:
-            gateway.shutdown(config)
-        except Exception:  # the server may already be gone; its own shutdown stops clusters too
-            pass
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
 
 
 def _wait_workers(config, n, tries=240):
@@ -205,3 +158,39 @@ def test_release_on_drain_scales_the_gateway_cluster_down(gateway_config):
         assert busy.result(timeout=60) == 7
     clusters.resize(gateway_config, 0)
     assert _wait_workers(gateway_config, 0) == 0
+
+
+def _servers(config_file: str) -> list[int]:
+    """Live dask-gateway-server processes started with this config file."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        if config_file in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            out.append(p.info["pid"])
+    return out
+
+
+def test_local_gateway_cli_serves_until_terminated(tmp_path):
+    """``python -m tasks.cluster.gateway_local DIR`` prints the backend config, serves the gateway API, and
+    on SIGTERM stops the server it started (no dask-gateway-server left behind)."""
+    proc = subprocess.Popen([PY, "-m", "tasks.cluster.gateway_local", str(tmp_path / "gw")], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        config = json.loads(proc.stdout.readline())
+        assert config["backend"] == "gateway" and config["proxy_address"].startswith("tcp://127.0.0.1:")
+        assert gateway.cluster_name(config)  # the API answers and starts the shared cluster
+        config_file = str(tmp_path / "gw" / "config.py")
+        assert _servers(config_file)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert not _servers(config_file)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_bench_times_worker_startups_through_the_gateway_backend(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_forecast_gw", REPO / "bench" / "forecast.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    startups = bench.measure_gateway_startups(tmp_path, n=2)
+    assert len(startups) == 2 and all(0 < s < 120 for s in startups)

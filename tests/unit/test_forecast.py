@@ -103,11 +103,44 @@ def test_heuristic_with_little_history():
     assert share <= forecast.MEMORY_FRACTION * (2 << 30) and small.workers > 1 and "heuristic" == small.source
 
 
+def test_memory_level_rises_after_runs_that_spilled_and_buys_the_worker_memory_needs():
+    """The memory bound's level adapts like the wall bound's: model-planned runs whose peak went over the
+    spill threshold (memory_fraction x their limit) raise it; a history that kept its promise plans at q0.9."""
+    rows = [dict(r, plan_source="forecast", memory_limit=64 << 30) for r in _history(40, seed=3, noise=0.1)]
+    spilled = [dict(r, memory_limit=r["peak_memory_per_worker"] / forecast.MEMORY_FRACTION / 1.05) if i >= 37 else r
+               for i, r in enumerate(rows)]  # the last three peaked 5% over their spill threshold
+    kept, broke = forecast.Forecaster.fit(rows), forecast.Forecaster.fit(spilled)
+    assert (kept.mem_level, kept.mem_misses) == (forecast.QUANTILE, 0)
+    assert broke.mem_misses == 3 and broke.mem_level == pytest.approx(forecast.MAX_LEVEL)
+    assert broke.mem.upper_ratio == pytest.approx(max(broke.mem.loo_ratios))  # q0.99 of < 99 runs: the largest
+    # one spill takes the level to the cap; the covered runs after it bring it back (0.01 each)
+    early = [dict(r, memory_limit=r["peak_memory_per_worker"] / forecast.MEMORY_FRACTION / 1.05) if i == 0 else r
+             for i, r in enumerate(rows)]
+    assert forecast.memory_level(early[:1], 0.9) == (pytest.approx(forecast.MAX_LEVEL), 1)
+    assert forecast.memory_level(early[:6], 0.9)[0] == pytest.approx(0.94)
+    assert forecast.memory_level(early, 0.9) == (pytest.approx(0.9), 1)
+    # the heuristic's guesses are not what is calibrated: their spills do not count
+    guessed = [dict(r, plan_source="heuristic") if i >= 37 else r for i, r in enumerate(spilled)]
+    assert forecast.Forecaster.fit(guessed).mem_level == forecast.QUANTILE
+    kw = dict(deadline_s=1e4, max_workers=64, memory_per_worker=2 << 30)  # memory, not time, sizes it
+    plan, raised = forecast.make_plan(rows, 1e10, **kw), forecast.make_plan(spilled, 1e10, **kw)
+    assert raised.workers > plan.workers
+    assert "3 run(s) peaked over the spill threshold" in raised.reason and "peaked over" not in plan.reason
+    # held out: fresh runs of the same process at each plan's size, over the spill threshold
+    budget = forecast.MEMORY_FRACTION * (2 << 30)
+    noise = np.random.default_rng(11).lognormal(0, 0.1, 400)
+    over = {name: float(np.mean((3e8 + 0.5 * 1e10 / p.workers) * noise > budget))
+            for name, p in (("q0.9", plan), ("raised", raised))}
+    assert over["raised"] < 0.03 < over["q0.9"]
+
+
 def test_bad_plan_inputs_are_named():
     with pytest.raises(ValueError, match="deadline_s"):
         forecast.make_plan([], 1e9, deadline_s=0)
     with pytest.raises(ValueError, match="min_workers"):
         forecast.make_plan([], 1e9, deadline_s=10, min_workers=5, max_workers=2)
+    with pytest.raises(ValueError, match="forecast_memory_quantile"):
+        forecast.make_plan([], 1e9, deadline_s=10, memory_quantile=1.0)
 
 
 def _series(n, start=date(2026, 9, 1), spike_at=None):

@@ -91,3 +91,22 @@ def test_release_on_drain_frees_the_last_wave_without_slowing_the_step(sim):
     assert one["wall_s"] == pytest.approx(30) and one["released_on_drain"] == 6
     assert one["cost"] == pytest.approx(8 * 20.5 + 2 * 9.5 + 7 * 3.0)  # + the pre-warm lead of 7 workers
     assert one["work_s"] == pytest.approx(180)
+
+
+def test_startup_sweep_slow_starts_cost_adapt_more_and_no_policy_beats_the_floor(sim):
+    """The start-up sweep on a small trace: a slower worker start-up costs adapt (which starts workers after
+    load appears, and flaps) more than the pre-warmed forecast cluster; no policy bills below the work floor."""
+    import argparse
+
+    args = argparse.Namespace(sim_intervals=14, seed=7, sim_max_workers=40, sim_worker_memory=16 << 30,
+                              sim_deadline=0.0, drain=True)
+    cal = {"lfmap": {"s_per_byte": 5e-8, "sigma": 0.25}, "lfreduce": {"s_per_byte": 3.4e-8, "sigma": 0.25},
+           "map_output_per_input_byte": 5.0, "startups_s": [1.6, 2.0, 2.1, 1.9]}
+    fast, slow = (sim.startup_sweep_point(args, cal, s) for s in (1.0, 60.0))
+    assert slow["cost_ratio_vs_adapt"] < fast["cost_ratio_vs_adapt"]
+    assert slow["floor_vs_adapt"] < fast["floor_vs_adapt"]
+    for p in (fast, slow):
+        assert p["floor_vs_adapt"] <= p["floor_plus_forecast_startups_vs_adapt"] <= p["cost_ratio_vs_adapt"]
+        assert p["cost_target_met"] == (p["cost_ratio_vs_adapt"] <= 0.8 and p["misses"][0] <= p["misses"][1])
+    # measured start-ups are drawn as given (the gateway scenario): their median is the scenario's
+    assert sim.sim_part(args, cal, startups=[0.7, 0.8, 0.9])["startup_s_median"] == pytest.approx(0.8)
