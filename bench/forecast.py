@@ -1080,7 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
                 (work_floor(parts[part]["runs"]) + billed) / t["adapt"]["worker_seconds"], 4)
     met = [p_["startup_s"] for p_ in sweep if p_["cost_target_met"]]
     checks["startup_sweep"] = {"target_met_from_startup_s": min(met) if met else None,
-                               "target_met_at": [p_["startup_s"] for p_ in sweep if p_["cost_target_met"]],
+                               "target_met_at": met,
                                "floor_below_0.8_from_startup_s": min(
                                    [p_["startup_s"] for p_ in sweep if p_["floor_vs_adapt"] <= 0.8], default=None)}
     real_runs = [{k: v for k, v in r.items() if k != "tasks"} for r in real["runs"]]

@@ -573,6 +573,7 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
     rows = history.runs(ctx.history_url, stage, ctx.dataset, success_only=True, limit=500)
     partition_bytes = input_bytes / partitions if partitions else _float_param(
         ctx, "partition_bytes", DEFAULT_PARTITION_BYTES)
+    quantile = _float_param(ctx, "forecast_quantile", QUANTILE)
     plan = make_plan(
         rows,
         input_bytes,
@@ -583,9 +584,8 @@ def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume
         memory_per_worker=_int_param(ctx, "memory_per_worker", int(ctx.cluster.get("worker_memory", 2 << 30))),
         partition_bytes=partition_bytes,
         min_history=_int_param(ctx, "min_history", MIN_HISTORY),
-        quantile=_float_param(ctx, "forecast_quantile", QUANTILE),
-        memory_quantile=_float_param(ctx, "forecast_memory_quantile", _float_param(ctx, "forecast_quantile",
-                                                                                    QUANTILE)),
+        quantile=quantile,
+        memory_quantile=_float_param(ctx, "forecast_memory_quantile", quantile),
         heuristic_bytes_per_s=_float_param(ctx, "heuristic_bytes_per_s", HEURISTIC_BYTES_PER_S),
         memory_fraction=_float_param(ctx, "memory_fraction", MEMORY_FRACTION),
         fallback_tolerance=_float_param(ctx, "fallback_tolerance", FALLBACK_TOLERANCE),

@@ -3,6 +3,7 @@ real Airflow databases, real servers; nothing that can run here is mocked."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -18,6 +19,17 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 for p in (REPO, REPO / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+
+@pytest.fixture(scope="session")
+def bench_forecast():
+    """bench/forecast.py as a module (bench/ is scripts, not a package): its simulator and gateway timing."""
+    if "bench_forecast" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_forecast", REPO / "bench" / "forecast.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_forecast"] = mod  # one module for every test that uses it
+        spec.loader.exec_module(mod)
+    return sys.modules["bench_forecast"]
 
 
 @pytest.fixture

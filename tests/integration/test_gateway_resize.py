@@ -9,7 +9,6 @@ clean-like Dask workload through the same ``client_for`` path), then the cluster
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -188,9 +187,6 @@ def test_local_gateway_cli_serves_until_terminated(tmp_path):
             proc.kill()
 
 
-def test_bench_times_worker_startups_through_the_gateway_backend(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_forecast_gw", REPO / "bench" / "forecast.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    startups = bench.measure_gateway_startups(tmp_path, n=2)
+def test_bench_times_worker_startups_through_the_gateway_backend(tmp_path, bench_forecast):
+    startups = bench_forecast.measure_gateway_startups(tmp_path, n=2)
     assert len(startups) == 2 and all(0 < s < 120 for s in startups)

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "forecast.py"
-
 
 @pytest.fixture(scope="module")
-def sim():
-    spec = importlib.util.spec_from_file_location("bench_forecast", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_forecast"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def sim(bench_forecast):
+    return bench_forecast
 
 
 def test_fixed_cluster_runs_waves_then_barrier_then_reduces(sim):
