@@ -5,7 +5,7 @@ and a plain pyarrow read-then-write copy as the floor.
     PYTHONPATH=. .venv/bin/python bench/clean_split.py --sizes 1,4  # other sizes (GB)
     PYTHONPATH=. .venv/bin/python bench/clean_split.py --quick      # ~0.05 GB smoke run
 
-Sizes are the in-memory (Arrow) size of the generated raw rows of one day (``tasks.datagen``);
+Sizes are the in-memory (Arrow) size of the generated raw rows of one day (``tasks.prep.datagen``);
 the raw Parquet on disk is ~3.3x smaller. Every engine runs in its own process, with the same
 2 cores; wall, CPU (process + children) and peak RSS (sum over the process tree, sampled
 every 0.1 s) are measured from outside. Every engine writes zstd Parquet: clean rows by split
@@ -37,9 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
+import psutil
 
-from tasks.spec import DatasetSpec, spec_for  # noqa: E402
+from tasks.spec import DatasetSpec, spec_for
 
 log = logging.getLogger("bench.clean_split")
 DS = "2026-11-01"
@@ -77,8 +77,8 @@ def _raw_files(data: Path) -> list[str]:
 def run_leptonflow(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     import dask
 
-    from tasks import clean, split
     from tasks.context import StepContext
+    from tasks.prep import clean, split
 
     dask.config.set(LF_MEMORY)
     ctx = StepContext("events", DS, lake_url=str(data), keyring_path=str(out / "keys.json"),
@@ -100,7 +100,7 @@ def _duck_str(c, name: str) -> str:
 def run_duckdb(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     import duckdb
 
-    from tasks.clean import reason_codes
+    from tasks.prep.clean import reason_codes
 
     con = duckdb.connect(str(out / "duck.db"))
     con.execute("SET threads=2; SET TimeZone='UTC'; SET preserve_insertion_order=false")
@@ -188,8 +188,8 @@ def run_duckdb(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
 def run_polars(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     import polars as pl
 
-    from tasks.clean import reason_codes
-    from tasks.split_assign import unit_interval
+    from tasks.prep.clean import reason_codes
+    from tasks.prep.split import unit_interval
 
     files = _raw_files(data)
     start = pl.lit(START[:19]).str.to_datetime(time_zone="UTC").dt.cast_time_unit("us")
@@ -331,8 +331,7 @@ def _run_once(engine: str, data: Path, workdir: Path, env: dict[str, str]) -> di
 
 
 def _data(workdir: Path, gb: float) -> tuple[Path, dict[str, Any]]:
-    from tasks import datagen
-
+    from tasks.prep import datagen
     data = workdir / f"data-{gb:g}gb"
     summary_path = data / "summary.json"
     if summary_path.exists():

@@ -1,14 +1,14 @@
 """Compression benchmark: leptonflow's search vs its peers on the demo model, same data, one run.
 
-Data: one day of synthetic events from ``tasks.datagen`` (no faults), features from
-``tasks.features`` (fit on train only), a group split by user, and the demo network
-``tasks.model.build_model`` trained briefly in-process. Models: the DAG's default
+Data: one day of synthetic events from ``tasks.prep.datagen`` (no faults), features from
+``tasks.prep.features`` (fit on train only), a group split by user, and the demo network
+``tasks.training.model.build_model`` trained briefly in-process. Models: the DAG's default
 (``hidden=128``: one hidden layer), the training step's default (``64,32``) and a wider
 production-size one (``512,256``).
 
 Peers, all measured the same way (serialized size, median CPU latency at batch 1 and
 256 on one thread, val AUC): the uncompressed fp32 TorchScript model (the baseline),
-every backend of ``tasks.compress`` (torch int8, onnxruntime fp32/int8) with and
+every backend of ``tasks.compression.compress`` (torch int8, onnxruntime fp32/int8) with and
 without structured pruning, and unstructured L1 magnitude pruning
 (``torch.nn.utils.prune``, 50%), the usual alternative to structured pruning.
 
@@ -42,9 +42,14 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks import compress, datagen, export, features, prune  # noqa: E402
-from tasks.model import build_model  # noqa: E402
-from tasks.spec import spec_for  # noqa: E402
+from tasks.compression import (
+    compress,
+    export,
+    prune,
+)
+from tasks.prep import datagen, features
+from tasks.spec import spec_for
+from tasks.training.model import build_model
 
 log = logging.getLogger("bench.compress")
 BUDGET = 0.01
@@ -57,7 +62,7 @@ def make_splits(rows: int, seed: int) -> tuple[dict[str, compress.TabularData], 
                                    faults=datagen.FaultRates.none(), files_per_day=1)
         files = next(iter(summary["intervals"].values()))["files"]
         table = pa.concat_tables([pq.read_table(f) for f in files])
-    # group split by user (like tasks.split): a user's events never straddle two splits
+    # group split by user (like tasks.prep.split): a user's events never straddle two splits
     users = table.column("user_id").to_pylist()
     bucket = np.array([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 10 for u in users])
     groups = {"train": bucket < 8, "val": bucket == 8, "test": bucket == 9}
@@ -110,7 +115,7 @@ def unstructured_peer(model: nn.Module, val: compress.TabularData, base_metric: 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("tasks.compress", "tasks.prune", "tasks.export"):
+    for noisy in ("tasks.compression.compress", "tasks.compression.prune", "tasks.compression.export"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="bench/compress.py")
     p.add_argument("--rows", type=int, default=60_000)

@@ -1,7 +1,7 @@
 """Encryption overhead of lake writes and reads, and AES-GCM throughput per core.
 
-Same data, same writer/reader (tasks.parquet_io: zstd, 128k-row groups), with and
-without Parquet Modular Encryption (tasks.crypto: AES_GCM_V1, footer + data + PII
+Same data, same writer/reader (tasks.io.parquet: zstd, 128k-row groups), with and
+without Parquet Modular Encryption (tasks.security.crypto: AES_GCM_V1, footer + data + PII
 keys, double wrapping, external key material). Modes run interleaved in one
 process. The machine is shared, and contention only ever adds time, so figures are
 the best (minimum) of the repeats; medians are in the JSON too. Target: <= 10%, judged
@@ -36,23 +36,24 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks import crypto, keyring, parquet_io  # noqa: E402
-from tasks.spec import spec_for  # noqa: E402
+from tasks.io import parquet as parquet_io
+from tasks.security import crypto, keyring
+from tasks.spec import spec_for
 
 log = logging.getLogger("bench.crypto")
 RESULTS = REPO / "bench" / "results" / "crypto.json"
 
 
 def make_data(gb: float, workdir: Path) -> tuple[pa.Table, str]:
-    """`gb` GB (in memory) of realistic events: tasks.datagen when present, else a numpy generator."""
+    """`gb` GB (in memory) of realistic events: tasks.prep.datagen when present, else a numpy generator."""
     try:
-        from tasks import datagen
+        from tasks.prep import datagen
     except ImportError:
         datagen = None
     if datagen is not None:
         datagen.generate(str(workdir / "gen"), days=1, gb=gb, files_per_day=2, seed=3)
         files = sorted((workdir / "gen").rglob("*.parquet"))
-        return pa.concat_tables([parquet_io.read_table(str(f)) for f in files]), "tasks.datagen"
+        return pa.concat_tables([parquet_io.read_table(str(f)) for f in files]), "tasks.prep.datagen"
     sys.path.insert(0, str(REPO / "tests" / "unit"))
     from secure_data import events  # the tests' generator: same schema as clean data
 

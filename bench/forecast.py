@@ -16,10 +16,10 @@ like ``clean``'s ``n_buckets = bytes / target_file_bytes``.
    cores add contention, not speed: a Dask user sizes a LocalCluster to the cores).
    ``forecast`` pre-warms the cluster from the next interval's *volume* forecast (as the DAG's
    sensor can before the data lands), re-plans with the real input size when it lands
-   (``tasks.forecast.make_plan`` on a real ``tasks.history`` SQLite store, with the product's default
-   quantile and, as the product's local backend, the host's CPUs; its no-history heuristic uses the
+   (``tasks.resources.forecast.make_plan`` on a real ``tasks.resources.history`` SQLite store, with the
+   product's default quantile and, as the product's local backend, the host's CPUs; its no-history heuristic uses the
    throughput of the calibration runs, input / wall end to end, so no extra overhead), releases idle workers
-   the unfinished tasks can no longer use while the step runs (``tasks.cluster.drain``, called each
+   the unfinished tasks can no longer use while the step runs (``tasks.resources.cluster.drain``, called each
    second from the progress loop as the product's steps do; ``--no-drain`` turns it off) and releases
    its workers when the step ends; ``adapt`` is ``cluster.adapt(1, max)`` with Dask's defaults;
    ``static`` always runs max workers (kept standing here; see the accounting below). Per-task
@@ -30,7 +30,7 @@ like ``clean``'s ``n_buckets = bytes / target_file_bytes``.
    from the measured per-byte rates and their lognormal spread, worker start-up drawn from the
    measured start-ups, and Dask's adaptive loop as distributed implements it (``_adapt_tick``).
    The same task-duration draws per interval are shared by all policies. A second scenario draws the
-   start-ups measured through the product's ``gateway`` backend (``tasks.cluster.gateway.resize`` on a
+   start-ups measured through the product's ``gateway`` backend (``tasks.resources.cluster.gateway.resize`` on a
    loopback dask-gateway server with its local backend, ``measure_gateway_startups``). A third,
    separately labelled scenario assumes a 60 s worker start-up (a cloud VM / pod): an assumption, not
    a measurement; and a start-up sweep (``--sweep-startups``) re-runs the simulation at each of a
@@ -81,9 +81,12 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks import forecast, history  # noqa: E402
-from tasks.cluster import drain as cluster_drain  # noqa: E402
-from tasks.cluster.local import host_cpus  # noqa: E402
+from tasks.resources import (
+    forecast,
+    history,
+)
+from tasks.resources.cluster import drain as cluster_drain
+from tasks.resources.cluster.local import host_cpus
 
 log = logging.getLogger("bench.forecast")
 RESULTS = REPO / "bench" / "results"
@@ -171,7 +174,7 @@ def clean_like(client: Any, files: list[str], sizes: list[int], out_dir: Path, d
     """Run the graph; return rows out, per-task compute durations (task stream) and map-output bytes.
 
     Waits in a one-second progress loop as ``tasks/clean.py``'s ``_run_graph`` does; with `drain` (the
-    forecast policy, as the product) each pass calls ``tasks.cluster.drain.release_on_drain`` with the
+    forecast policy, as the product) each pass calls ``tasks.resources.cluster.drain.release_on_drain`` with the
     unfinished map + reduce tasks. The client drops its references to the map outputs once the
     reduces are submitted (clean's map outputs are shuffle files; only small metas stay referenced),
     so a retired worker moves only the reduce inputs still needed, for every policy alike.
@@ -364,10 +367,10 @@ REAL_WORKER_MEMORY = 3 << 30
 
 def measure_gateway_startups(tmp: Path, n: int = 5) -> list[float]:
     """Worker start-ups through the product's ``gateway`` backend: a dask-gateway server (local backend) on
-    loopback, ``tasks.cluster.gateway.resize`` 1 -> 2 (what the forecast sensor calls), timed until the
+    loopback, ``tasks.resources.cluster.gateway.resize`` 1 -> 2 (what the forecast sensor calls), timed until the
     second worker has registered with the shared cluster's scheduler; ``n`` times."""
-    from tasks.cluster import ClusterPlan, gateway
-    from tasks.cluster.gateway_local import local_gateway
+    from tasks.resources.cluster import ClusterPlan, gateway
+    from tasks.resources.cluster.gateway_local import local_gateway
 
     out: list[float] = []
     with local_gateway(tmp / "gateway", worker_memory=REAL_WORKER_MEMORY, max_workers=2,
@@ -546,7 +549,7 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
     Adaptive (``adapt_max``): Dask's loop every second from one worker (see ``_adapt_tick``), running on
     after the step until the cluster is back at its minimum.
     ``drain`` (fixed size only; the forecast policy): the step's progress loop calls
-    ``tasks.cluster.drain`` every second (phase ``tick_phase``): idle registered workers beyond the
+    ``tasks.resources.cluster.drain`` every second (phase ``tick_phase``): idle registered workers beyond the
     unfinished tasks (maps left + reduces left, never below ``standing``) are released at once.
     ``startup()`` draws one worker's start-up (request -> registered). Returns wall, cost (billed
     worker-seconds, standing workers only while the step runs), peak workers and data per worker.
@@ -693,7 +696,7 @@ def simulate_step(map_d: np.ndarray, red_d: np.ndarray, map_out: float, worker_m
                     if adapt_max is None:
                         for w in [w for w in life if life[w][1] == math.inf][standing:]:
                             release(t, w)
-        elif kind == 4:  # release on drain (tasks.cluster.drain), once a second while the step runs
+        elif kind == 4:  # release on drain (tasks.resources.cluster.drain), once a second while the step runs
             if end_t is None:
                 k = cluster_drain.surplus(len(registered), len(idle), maps_left + reds_left, standing)
                 for w in sorted(idle, key=lambda w: (data.get(w, 0.0), w))[:k]:
@@ -810,7 +813,7 @@ def sim_part(args: argparse.Namespace, cal: dict[str, Any], startup_scale: float
     share = 0.3 * W
     median_bytes = 0.5 * SPILL_FRACTION * mem_w * share / expansion
     D = args.sim_deadline or 2 * median_bytes * (rm + rr) / share
-    base_mem = 256 << 20  # a worker process before data (tasks.forecast.HEURISTIC_BASE_MEMORY)
+    base_mem = 256 << 20  # a worker process before data (tasks.resources.forecast.HEURISTIC_BASE_MEMORY)
     lead = 1.5 * float(np.median(draws))  # the forecast pre-warms this long before the data is due
     past: list[dict[str, Any]] = []
     volumes: list[tuple[str, float]] = []
@@ -1015,7 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
                    help="measure worker start-ups through the gateway backend on a loopback dask-gateway server")
     p.add_argument("--drain", action=argparse.BooleanOptionalAction, default=True,
-                   help="forecast policy releases idle workers the unfinished tasks cannot use (tasks.cluster.drain), "
+                   help="forecast policy releases idle workers the unfinished tasks cannot use "
+                        "(tasks.resources.cluster.drain), "
                         "as the product's steps do; --no-drain measures the policy without it")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default=str(RESULTS))
@@ -1096,7 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
             "sim": "task-level simulation, task rates/spread and worker start-ups as measured on the real runs "
                    "(LocalCluster scale-ups)",
             "sim_gateway_startups": "as sim, worker start-ups measured through the product's gateway backend "
-                                    "(tasks.cluster.gateway.resize on a loopback dask-gateway server, local backend)",
+                                    "(tasks.resources.cluster.gateway.resize on a loopback dask-gateway server, "
+                                    "local backend)",
             sens_name: f"as sim, but every worker start-up {args.sensitivity_startup:g} s x the measured "
                        "relative spread: an ASSUMPTION (cloud VM / pod), not a measurement",
             "startup_sweep": "as sim at each start-up (s) x the measured relative spread: where the cost target "

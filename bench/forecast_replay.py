@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python bench/forecast_replay.py bench/results/forecast.json
 
 Rebuilds each interval's history from the recorded forecast runs (partitions estimated from the input
-size, as one raw file per ~6 MB piece), re-plans with `tasks.forecast.make_plan` as the bench does, and
+size, as one raw file per ~6 MB piece), re-plans with `tasks.resources.forecast.make_plan` as the bench does, and
 prints how many plans the replay reproduces and where the adaptive quantile level changes the worker
 count compared with the fixed configured quantile.
 """
@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from bench.forecast import REAL_WORKER_MEMORY, real_plan_kwargs
-from tasks import forecast
+from tasks.resources import forecast
 
 BYTES_PER_FILE = 131e6 / 22  # a 9M-row weekday interval is ~131 MB in 22-23 raw files of 400k rows
 

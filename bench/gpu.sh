@@ -91,10 +91,10 @@ class Sampler:
 
 
 from tasks.context import StepContext
-from tasks.model import build_model, loss_fn
-from tasks.parquet_io import read_table
-from tasks.stream import transform
-from tasks import train as train_step
+from tasks.training.model import build_model, loss_fn
+from tasks.io.parquet import read_table
+from tasks.training.stream import transform
+from tasks.training import train as train_step
 from tests.train_data import make_split
 
 home = tempfile.mkdtemp(prefix="lf-gpu-bench-")

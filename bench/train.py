@@ -39,12 +39,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.context import StepContext  # noqa: E402
-from tasks.model import build_model, loss_fn  # noqa: E402
-from tasks.parquet_io import read_table  # noqa: E402
-from tasks.steps import run_step  # noqa: E402
-from tasks.stream import StreamDataset, transform  # noqa: E402
-from tests.train_data import make_split  # noqa: E402
+from tasks.context import StepContext
+from tasks.io.parquet import read_table
+from tasks.steps import run_step
+from tasks.training.model import build_model, loss_fn
+from tasks.training.stream import StreamDataset, transform
+from tests.train_data import make_split
 
 log = logging.getLogger("bench.train")
 

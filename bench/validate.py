@@ -1,8 +1,8 @@
 """Validation overhead: validate_raw + validate_clean vs clean + split on the same interval.
 
-Same data (tasks.datagen), same Dask cluster (one LocalCluster: 2 worker processes x 1
+Same data (tasks.prep.datagen), same Dask cluster (one LocalCluster: 2 worker processes x 1
 thread, reached through the ``address`` backend so no step pays cluster start-up), clean
-and split files PME-encrypted (tasks.crypto) as in production. Per size and repeat, the
+and split files PME-encrypted (tasks.security.crypto) as in production. Per size and repeat, the
 steps run in DAG order on interval D2 (D1 is committed first, so validate_clean computes
 drift against it and the split checks run). The machine is shared and contention only
 adds time, so the headline uses the best (minimum) of the repeats; all runs are in the
@@ -42,10 +42,14 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks import clean, datagen, split  # noqa: E402
-from tasks.context import StepContext  # noqa: E402
-from tasks.validate import run_clean, run_raw  # noqa: E402
-from tasks.validation.suites import load_suite  # noqa: E402
+from tasks.context import StepContext
+from tasks.prep import (
+    clean,
+    datagen,
+    split,
+)
+from tasks.validation.suites import load_suite
+from tasks.validation.validate import run_clean, run_raw
 
 log = logging.getLogger("bench.validate")
 RESULTS = REPO / "bench" / "results" / "validate.json"
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LEPTONFLOW_HOME", str(workdir))
     sizes = []
     try:
-        # fork (as tasks.cluster.local does) for the start and for restarts of worker processes
+        # fork (as tasks.resources.cluster.local does) for the start and for restarts of worker processes
         with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
             cluster = LocalCluster(
                 n_workers=2,

@@ -13,8 +13,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 from leptonflow_airflow.operators import DaskDashboardLink, DataDocsLink, RunReportLink
 
-from tasks import report
 from tasks.context import default_home
+from tasks.publishing import report
 
 app = FastAPI(title="leptonflow report")
 

@@ -20,11 +20,11 @@ import sys
 
 # command -> "module:function"; a module's own argument parser lives in its cli().
 ALIASES = {
-    "datagen": "tasks.datagen:cli",
-    "verify-artifact": "tasks.publish:verify_cli",
-    "rotate-keys": "tasks.crypto:rotate_cli",
+    "datagen": "tasks.prep.datagen:cli",
+    "verify-artifact": "tasks.publishing.publish:verify_cli",
+    "rotate-keys": "tasks.security.crypto:rotate_cli",
     "pipeline": "tasks.steps:pipeline_cli",
-    "report": "tasks.report:cli",
+    "report": "tasks.publishing.report:cli",
     "suites": "tasks.validation.suites:cli",
 }
 

@@ -15,8 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from tasks import keyring, signing
-from tasks.lake import Lake
+from tasks.io.lake import Lake
+from tasks.security import keyring, signing
 from tasks.spec import DatasetSpec, spec_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +84,5 @@ class StepContext:
         """The Parquet encryption to apply to lake writes (None when the `encrypt` Param is off)."""
         if not self.params.get("encrypt", True):
             return None
-        from tasks import crypto  # lazy: only steps that write data need it
-
+        from tasks.security import crypto  # lazy: only steps that write data need it
         return crypto.for_context(self)

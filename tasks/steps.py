@@ -7,40 +7,119 @@ place that knows which module implements which step.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import resource
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.context import StepContext
 
 log = logging.getLogger(__name__)
 
-# step name -> "module:function"; each function takes a StepContext and returns small JSON.
-STEPS: dict[str, str] = {
-    "validate_raw": "tasks.validate:run_raw",
-    "plan_clean": "tasks.forecast:run_plan_clean",
-    "clean": "tasks.clean:run",
-    "split": "tasks.split:run",
-    "validate_clean": "tasks.validate:run_clean",
-    "secure": "tasks.secure:run",
-    "plan_train": "tasks.forecast:run_plan_train",
-    "train": "tasks.train:run",
-    "evaluate": "tasks.evaluate:run",
-    "compress": "tasks.compress:run",
-    "publish": "tasks.publish:run",
-}
+def _validate_raw(ctx: StepContext) -> dict[str, Any]:
+    from tasks.validation import validate
+
+    return validate.run_raw(ctx)
+
+
+def _plan_clean(ctx: StepContext) -> dict[str, Any]:
+    from tasks.resources import forecast
+
+    return forecast.run_plan_clean(ctx)
+
+
+def _clean(ctx: StepContext) -> dict[str, Any]:
+    from tasks.prep import clean
+
+    return clean.run(ctx)
+
+
+def _split(ctx: StepContext) -> dict[str, Any]:
+    from tasks.prep import split
+
+    return split.run(ctx)
+
+
+def _validate_clean(ctx: StepContext) -> dict[str, Any]:
+    from tasks.validation import validate
+
+    return validate.run_clean(ctx)
+
+
+def _secure(ctx: StepContext) -> dict[str, Any]:
+    from tasks.security import secure
+
+    return secure.run(ctx)
+
+
+def _plan_train(ctx: StepContext) -> dict[str, Any]:
+    from tasks.resources import forecast
+
+    return forecast.run_plan_train(ctx)
+
+
+def _train(ctx: StepContext) -> dict[str, Any]:
+    from tasks.training import train
+
+    return train.run(ctx)
+
+
+def _evaluate(ctx: StepContext) -> dict[str, Any]:
+    from tasks.training import evaluate
+
+    return evaluate.run(ctx)
+
+
+def _compress(ctx: StepContext) -> dict[str, Any]:
+    from tasks.compression import compress
+
+    return compress.run(ctx)
+
+
+def _publish(ctx: StepContext) -> dict[str, Any]:
+    from tasks.publishing import publish
+
+    return publish.run(ctx)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pipeline step: its name (the DAG's task id), what runs it, and the module holding its code.
+
+    `module` is where the step's code version and its settings are looked up
+    (:func:`tasks.io.code_version.code_version`, :func:`tasks.params.step_settings`); each runner
+    imports its module when called, so a process imports only the engines of the step it runs.
+    """
+
+    name: str
+    run: Callable[[StepContext], dict[str, Any]]
+    module: str
+
+
+STEPS: dict[str, Step] = {s.name: s for s in (
+    Step("validate_raw", _validate_raw, "tasks.validation.validate"),
+    Step("plan_clean", _plan_clean, "tasks.resources.forecast"),
+    Step("clean", _clean, "tasks.prep.clean"),
+    Step("split", _split, "tasks.prep.split"),
+    Step("validate_clean", _validate_clean, "tasks.validation.validate"),
+    Step("secure", _secure, "tasks.security.secure"),
+    Step("plan_train", _plan_train, "tasks.resources.forecast"),
+    Step("train", _train, "tasks.training.train"),
+    Step("evaluate", _evaluate, "tasks.training.evaluate"),
+    Step("compress", _compress, "tasks.compression.compress"),
+    Step("publish", _publish, "tasks.publishing.publish"),
+)}
 ORDER = list(STEPS)
 HEAVY = {"clean", "split", "validate_raw", "validate_clean", "train"}  # recorded in run history
 
 
-def resolve(step: str):
+def resolve(step: str) -> Step:
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; steps are: {', '.join(ORDER)}")
-    module, func = STEPS[step].split(":")
-    return getattr(importlib.import_module(module), func)
+    return STEPS[step]
 
 
 def _cpu_seconds() -> float:
@@ -51,7 +130,7 @@ def _cpu_seconds() -> float:
 
 def run_step(step: str, ctx: StepContext) -> dict[str, Any]:
     """Run one step, time it, and record heavy steps in the run-history database."""
-    fn = resolve(step)
+    fn = resolve(step).run
     log.info("step %s: dataset=%s ds=%s lake=%s", step, ctx.dataset, ctx.ds, ctx.lake_url)
     t0, c0 = time.perf_counter(), _cpu_seconds()
     ok = False
@@ -65,8 +144,7 @@ def run_step(step: str, ctx: StepContext) -> dict[str, Any]:
         if isinstance(result, dict):
             result.setdefault("wall_s", round(wall, 3))
         if step in HEAVY and not (isinstance(result, dict) and result.get("cache_hit")):
-            from tasks import history
-
+            from tasks.resources import history
             try:
                 history.record_step(ctx, step, result, wall_s=wall, cpu_s=cpu, success=ok)
             except Exception:  # history is advisory: never fail a step because of it

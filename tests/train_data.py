@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.lake import Lake, Manifest, code_version
-from tasks.parquet_io import write_table
+from tasks.io.code_version import code_version
+from tasks.io.lake import Lake, Manifest
+from tasks.io.parquet import write_table
 
 EVENT_TYPES = ["view", "cart", "checkout"]
 CATEGORIES = ["electronics", "books", "home", "fashion", "toys", "sports", "beauty", "grocery"]
@@ -120,7 +121,7 @@ def make_split(
             )
     manifest = Manifest(
         stage="split", dataset=dataset, ds=ds, version=version, files=entries,
-        input_fingerprint=f"fixture-{seed}-{sorted(rows.items())}", code_version=code_version(),
+        input_fingerprint=f"fixture-{seed}-{sorted(rows.items())}", code_version=code_version("tasks.spec"),
         params={"fixture": True}, extra={"feature_stats": stats},
     )
     return lake.commit(manifest)

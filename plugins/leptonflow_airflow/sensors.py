@@ -1,6 +1,6 @@
 """ResourceForecastSensor: plan a step's cluster from run history, apply it, wait until it is there.
 
-execute() builds a StepContext from the Airflow context, asks ``tasks.forecast`` for the plan
+execute() builds a StepContext from the Airflow context, asks ``tasks.resources.forecast`` for the plan
 (``run_plan_clean`` / ``run_plan_train``), applies it through the cluster backend and then:
 
 - ``local``   nothing standing to wait for: returns the plan at once (the step starts its
@@ -89,9 +89,8 @@ class ResourceForecastSensor(BaseSensorOperator):
         raise RuntimeError("ResourceForecastSensor waits by deferring; poke() is not used")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from tasks import cluster as clusters
-        from tasks import forecast
-
+        from tasks.resources import cluster as clusters
+        from tasks.resources import forecast
         ctx = self.context_builder(context, self.dataset, f"plan_{self.stage}")
         if self.cluster is not None:
             ctx.cluster = dict(self.cluster)

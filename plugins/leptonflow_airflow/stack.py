@@ -313,7 +313,8 @@ class AirflowStack:
 
 def demo(args: argparse.Namespace) -> int:
     """Generate demo data, run the pipeline DAG for one interval through the real scheduler, print the summary."""
-    from tasks import datagen, report
+    from tasks.prep import datagen
+    from tasks.publishing import report
     from tasks.spec import spec_for
 
     dataset = args.dataset

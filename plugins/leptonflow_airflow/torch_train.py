@@ -1,4 +1,4 @@
-"""TorchTrainOperator: the train step (`tasks.train`) as an Airflow task.
+"""TorchTrainOperator: the train step (`tasks.training.train`) as an Airflow task.
 
 Thin: it builds the StepContext (Params, interval, ``plan_train`` XCom, Connections)
 and runs the step, which launches the ranks with torchrun in a fresh subprocess
@@ -41,6 +41,6 @@ class TorchTrainOperator(LeptonflowStepOperator):
         return result
 
     def on_kill(self) -> None:
-        from tasks.train import stop_running
+        from tasks.training.train import stop_running
 
         stop_running()

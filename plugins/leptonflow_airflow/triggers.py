@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 class ClusterReadyTrigger(BaseTrigger):
     """Fires when the standing Dask cluster in `cluster` has at least `workers` workers.
 
-    Polls ``tasks.cluster.current_workers`` in a thread (the gateway and distributed clients are
+    Polls ``tasks.resources.cluster.current_workers`` in a thread (the gateway and distributed clients are
     blocking) so the triggerer's event loop stays free. Transient errors (scheduler restarting,
     gateway busy) are logged and retried until `timeout` seconds have passed; the event then
     says ``status="timeout"`` and the sensor fails with the last error.
@@ -39,7 +39,7 @@ class ClusterReadyTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from tasks.cluster import current_workers
+        from tasks.resources.cluster import current_workers
 
         t0 = time.monotonic()
         have, error = 0, ""

@@ -1,4 +1,4 @@
-"""Distributed Great Expectations validation (see ``tasks.validate`` for the steps).
+"""Distributed Great Expectations validation (see ``tasks.validation.validate`` for the steps).
 
 - ``suites``: suites generated from the dataset spec + hand-written overrides, stored as JSON.
 - ``expectations``: the custom GX expectation types leptonflow reports (drift, split checks).

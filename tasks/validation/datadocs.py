@@ -19,7 +19,7 @@ from typing import Any
 
 from great_expectations.core import ExpectationSuiteValidationResult
 
-from tasks.lake import FileEntry, Lake, Manifest, code_version
+from tasks.io.lake import FileEntry, Lake, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def publish(
     extra_files: dict[str, bytes] | None = None,
     suite_extra: dict[str, Any] | None = None,
     gx_page: bool = True,
+    code: str = "",
 ) -> str:
     """Write and commit the Data Docs of one run; returns the URL of its index.html.
 
@@ -137,7 +138,7 @@ def publish(
             version,
             files=keep + entries,
             input_fingerprint=fingerprint,
-            code_version=code_version("validate", "validation/engine", "validation/datadocs"),
+            code_version=code,
             params=params,
             extra={"suites": suites},
         )

@@ -27,7 +27,7 @@ from distributed import Client
 from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-from tasks import parquet_io
+from tasks.io import parquet as parquet_io
 from tasks.validation import drift, partials
 from tasks.validation import expectations as lfx
 from tasks.validation.partials import ROW_LEVEL, UNIQUE, Chunk, Profile

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks import parquet_io
-from tasks.hashing import hash_strings
-from tasks.hashing import key_hash as hashing_key_hash
+from tasks.io import parquet as parquet_io
+from tasks.io.hashing import hash_strings
+from tasks.io.hashing import key_hash as hashing_key_hash
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def read_chunk(chunk: Chunk, crypto: Any, columns: list[str] | None) -> pa.Table
 
 
 def hash_values(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Stable 64-bit hash of each value (as UTF-8 text); see :mod:`tasks.hashing`."""
+    """Stable 64-bit hash of each value (as UTF-8 text); see :mod:`tasks.io.hashing`."""
     return hash_strings(arr)
 
 

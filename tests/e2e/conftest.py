@@ -11,7 +11,7 @@ from datetime import date, timedelta
 import pytest
 from leptonflow_airflow.stack import AirflowStack
 
-from tasks import datagen
+from tasks.prep import datagen
 from tasks.spec import spec_for
 
 DAG_ID = "leptonflow_events"

@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.context import StepContext
-from tasks.parquet_io import read_table
-from tasks.secure import verified_files
+from tasks.io.parquet import read_table
+from tasks.security.secure import verified_files
 from tests.e2e.conftest import DAG_ID, FAST, day, failed_logs
 
 pytestmark = pytest.mark.slow

@@ -51,9 +51,11 @@ def test_rows_are_accounted_for_exactly(pipeline_run):
 def test_published_model_predicts_better_than_chance(pipeline_run):
     from sklearn.metrics import roc_auc_score
 
-    from tasks import evaluate, features, publish
     from tasks.context import StepContext
-    from tasks.parquet_io import read_table
+    from tasks.io.parquet import read_table
+    from tasks.prep import features
+    from tasks.publishing import publish
+    from tasks.training import evaluate
 
     ctx = StepContext(dataset="events", ds=pipeline_run["ds"])
     pointer = json.loads(Path(ctx.artifacts_url, "models", "events", "latest.json").read_text())
@@ -73,8 +75,8 @@ def test_published_model_predicts_better_than_chance(pipeline_run):
 
 
 def test_no_key_material_in_logs_or_xcom(pipeline_run):
-    from tasks import keyring
-    from tasks.keyring import key_material_fingerprints
+    from tasks.security import keyring
+    from tasks.security.keyring import key_material_fingerprints
 
     ring = keyring.load(pipeline_run["env"]["LEPTONFLOW_KEYRING"], create=False)
     needles = key_material_fingerprints(ring)

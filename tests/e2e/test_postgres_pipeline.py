@@ -9,7 +9,7 @@ import pytest
 from leptonflow_airflow.stack import AirflowStack
 from sqlalchemy import create_engine, text
 
-from tasks import datagen
+from tasks.prep import datagen
 from tasks.spec import spec_for
 from tests.e2e.conftest import DAG_ID, FAST, failed_logs, leptonflow_env
 from tests.postgres_server import pg_bin, start_postgres

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from tasks import clean, datagen
 from tasks.context import StepContext
-from tasks.parquet_io import ParquetReadError, sha256_of
+from tasks.io.parquet import ParquetReadError, sha256_of
+from tasks.prep import clean, datagen
 from tasks.spec import spec_for
 
 REPO = Path(__file__).resolve().parents[2]

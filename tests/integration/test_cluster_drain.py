@@ -1,4 +1,4 @@
-"""Release on drain (tasks.cluster.drain) on a real LocalCluster through the product's local backend."""
+"""Release on drain (tasks.resources.cluster.drain) on a real LocalCluster through the product's local backend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 from distributed import Event, wait
 
-from tasks.cluster import ClusterPlan, client_for, drain
+from tasks.resources.cluster import ClusterPlan, client_for, drain
 
 
 def test_surplus_counts_only_idle_workers_beyond_the_remaining_tasks():

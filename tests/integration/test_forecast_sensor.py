@@ -20,7 +20,7 @@ from distributed import LocalCluster
 from leptonflow_airflow.sensors import ResourceForecastSensor, _inline_context
 from leptonflow_airflow.triggers import ClusterReadyTrigger
 
-from tasks import history
+from tasks.resources import history
 
 
 def _airflow_context(ds="2026-11-10", **params):

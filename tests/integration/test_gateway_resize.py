@@ -2,7 +2,7 @@
 
 Flow, as in a DAG run: the forecast sensor plans the clean step and scales the shared cluster up
 from its own process, the trigger waits for the workers, the clean step runs in ANOTHER process
-on that cluster (``python -m tasks clean --cluster <gateway JSON>`` once tasks.clean exists, else a
+on that cluster (``python -m tasks clean --cluster <gateway JSON>`` once tasks.prep.clean exists, else a
 clean-like Dask workload through the same ``client_for`` path), then the cluster is scaled down.
 """
 
@@ -23,10 +23,10 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 from leptonflow_airflow.sensors import ResourceForecastSensor, _inline_context
 
-from tasks import cluster as clusters
-from tasks import history
-from tasks.cluster import gateway
-from tasks.cluster.gateway_local import local_gateway
+from tasks.resources import cluster as clusters
+from tasks.resources import history
+from tasks.resources.cluster import gateway
+from tasks.resources.cluster.gateway_local import local_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -57,7 +57,7 @@ async def _first_event(trigger):
 CLEAN_LIKE = r"""
 import json, sys
 import dask.dataframe as dd
-from tasks.cluster import ClusterPlan, client_for, describe
+from tasks.resources.cluster import ClusterPlan, client_for, describe
 cfg, plan, raw = json.loads(sys.argv[1]), ClusterPlan.from_dict(json.loads(sys.argv[2])), sys.argv[3]
 with client_for(cfg, plan) as client:
     df = dd.read_parquet(raw, columns=["event_id", "price"])
@@ -130,7 +130,7 @@ def test_sensor_scales_gateway_cluster_for_clean_then_down(lf_home, gateway_conf
 def test_release_on_drain_scales_the_gateway_cluster_down(gateway_config):
     from distributed import Event
 
-    from tasks.cluster import ClusterPlan, drain
+    from tasks.resources.cluster import ClusterPlan, drain
 
     def hold(event_name: str) -> int:  # local: pickled by value (the gateway's workers cannot import tests/)
         from distributed import Event
@@ -169,9 +169,9 @@ def _servers(config_file: str) -> list[int]:
 
 
 def test_local_gateway_cli_serves_until_terminated(tmp_path):
-    """``python -m tasks.cluster.gateway_local DIR`` prints the backend config, serves the gateway API, and
+    """``python -m tasks.resources.cluster.gateway_local DIR`` prints the backend config, serves the gateway API, and
     on SIGTERM stops the server it started (no dask-gateway-server left behind)."""
-    proc = subprocess.Popen([PY, "-m", "tasks.cluster.gateway_local", str(tmp_path / "gw")], cwd=REPO,
+    proc = subprocess.Popen([PY, "-m", "tasks.resources.cluster.gateway_local", str(tmp_path / "gw")], cwd=REPO,
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         config = json.loads(proc.stdout.readline())

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect
 
-from tasks import forecast, history
 from tasks.context import StepContext
+from tasks.resources import forecast, history
 from tests.postgres_server import pg_bin, start_postgres
 
 pytestmark = pytest.mark.postgres

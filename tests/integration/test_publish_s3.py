@@ -8,8 +8,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer  # needs moto's server extras (flask, flask-cors)
 
-from tasks import compress, publish
+from tasks.compression import compress
 from tasks.context import StepContext
+from tasks.publishing import publish
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 DS = "2026-11-04"

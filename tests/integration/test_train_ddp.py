@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tasks.context import StepContext
-from tasks.evaluate import load_model, predict
-from tasks.parquet_io import read_table
+from tasks.io.parquet import read_table
 from tasks.steps import run_step
-from tasks.train import checkpoint_url
+from tasks.training.evaluate import load_model, predict
+from tasks.training.train import checkpoint_url
 from tests.train_data import make_split
 
 

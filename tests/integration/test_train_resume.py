@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tasks.checkpoint import CheckpointStore
 from tasks.context import StepContext
 from tasks.steps import run_step
-from tasks.train import checkpoint_url
+from tasks.training.checkpoint import CheckpointStore
+from tasks.training.train import checkpoint_url
 from tests.train_data import make_split
 
 
@@ -40,7 +40,7 @@ def rank_processes(launcher: psutil.Process) -> list[psutil.Process]:
             cmd = p.cmdline()
         except psutil.NoSuchProcess:
             continue
-        if "tasks.train" in cmd and "torch.distributed.run" not in cmd and p.parent().cmdline() != cmd:
+        if "tasks.training.train" in cmd and "torch.distributed.run" not in cmd and p.parent().cmdline() != cmd:
             out.append(p)
     return out
 

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from tasks import parquet_io
-from tasks.datagen import FaultRates
-from tasks.validate import QUARANTINE_STAGE, read_quarantine, run_clean, run_raw
+from tasks.io import parquet as parquet_io
+from tasks.prep.datagen import FaultRates
 from tasks.validation import engine
+from tasks.validation.validate import QUARANTINE_STAGE, read_quarantine, run_clean, run_raw
 from tests.unit.validate_data import SPEC, clean_table, commit_tables, context, raw_day, raw_dir
 
 REPO = Path(__file__).resolve().parents[2]

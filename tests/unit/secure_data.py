@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from tasks import parquet_io
 from tasks.context import StepContext
-from tasks.lake import Manifest
+from tasks.io import parquet as parquet_io
+from tasks.io.lake import Manifest
 
 DEVICES = ["desktop", "mobile", "tablet"]
 COUNTRIES = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA"]

@@ -1,6 +1,6 @@
 """A small tabular model and synthetic data with the pipeline's shape conventions.
 
-forward(x_num: float32[n, k], x_cat: int64[n, m]) -> logits[n], like tasks.model's models;
+forward(x_num: float32[n, k], x_cat: int64[n, m]) -> logits[n], like tasks.training.model's models;
 used by the compression/export/publish tests (and bench/compress.py when the trained demo
 model is unavailable) so they do not depend on the training step.
 """

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import anomaly
 from tasks.context import StepContext
+from tasks.security import anomaly
 from tests.unit.secure_data import commit_table, events
 
 HISTORY = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -99,8 +99,7 @@ def test_bad_params_and_inputs_are_named(lake_with_history):
 
 
 def test_secure_step_gates_a_poisoned_interval_before_training(lake_with_history):
-    from tasks import secure
-
+    from tasks.security import secure
     ctx = _ctx()
     commit_table(ctx, "clean", {"": events(N, DS, seed=11, poison=400)}, ctx.crypto())
     with pytest.raises(anomaly.AnomalyAlert, match="2026-11-04"):
@@ -112,8 +111,8 @@ def test_secure_step_gates_a_poisoned_interval_before_training(lake_with_history
 
 
 def test_secure_step_passes_a_normal_interval_and_prefers_the_clean_steps_result(lake_with_history):
-    from tasks import secure
-    from tasks.lake import Manifest
+    from tasks.io.lake import Manifest
+    from tasks.security import secure
 
     ctx = _ctx()
     m = commit_table(ctx, "clean", {"": events(N, DS, seed=12)}, ctx.crypto())

@@ -7,8 +7,8 @@ import logging
 
 import torch
 
-from tasks.checkpoint import LATEST, CheckpointStore, rng_state, set_rng_state
-from tasks.model import build_model
+from tasks.training.checkpoint import LATEST, CheckpointStore, rng_state, set_rng_state
+from tasks.training.model import build_model
 from tests.train_data import fit_stats, make_events
 
 

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import LocalCluster
 
-from tasks import clean, datagen, hashing
 from tasks.context import StepContext
-from tasks.parquet_io import read_table
+from tasks.io import hashing
+from tasks.io.parquet import read_table
+from tasks.prep import clean, datagen
 from tasks.spec import spec_for
 
 SPEC = spec_for("events")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from tasks import clean, datagen
-from tasks.anomaly import AnomalyAlert
 from tasks.context import StepContext
-from tasks.parquet_io import read_table
+from tasks.io.parquet import read_table
+from tasks.prep import clean, datagen
+from tasks.security.anomaly import AnomalyAlert
 from tasks.spec import spec_for
 
 LOCAL = {"backend": "local", "processes": False}

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from tasks import compress, export, prune, signing
-from tasks.keyring import generate
-from tasks.lake import Lake
+from tasks.compression import compress, export, prune
+from tasks.io.lake import Lake
+from tasks.security import signing
+from tasks.security.keyring import generate
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 
@@ -208,11 +209,12 @@ def test_run_step_on_pipeline_manifests_then_cache_hit(lf_home, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks import datagen, features, publish
     from tasks.context import StepContext
-    from tasks.lake import FileEntry, Manifest
-    from tasks.model import build_model
-    from tasks.parquet_io import write_table
+    from tasks.io.lake import FileEntry, Manifest
+    from tasks.io.parquet import write_table
+    from tasks.prep import datagen, features
+    from tasks.publishing import publish
+    from tasks.training.model import build_model
 
     ds = "2026-11-05"
     ctx = StepContext(dataset="events", ds=ds, params={"encrypt": False, "compress_ratios": [0.5],

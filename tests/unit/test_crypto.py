@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 import pytest
 
-from tasks import crypto, keyring, parquet_io
 from tasks.context import StepContext
-from tasks.keyring import KeyError_
-from tasks.lake import ManifestError
+from tasks.io import parquet as parquet_io
+from tasks.io.lake import ManifestError
+from tasks.security import crypto, keyring
+from tasks.security.keyring import KeyError_
 from tests.unit.secure_data import commit_table, events
 
 DS = "2026-11-03"

@@ -11,8 +11,9 @@ import fsspec
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tasks import crypto, keyring, parquet_io, secure
 from tasks.context import StepContext
+from tasks.io import parquet as parquet_io
+from tasks.security import crypto, keyring, secure
 from tests.unit.secure_data import commit_table, events
 
 DS = "2026-11-03"

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from tasks import datagen
+from tasks.prep import datagen
 from tasks.spec import spec_for
 
 SPEC = spec_for("events")

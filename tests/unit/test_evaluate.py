@@ -12,10 +12,10 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from tasks.context import StepContext
-from tasks.evaluate import classification_metrics, load_model, predict, regression_metrics, reliability, run
-from tasks.lake import FileEntry, Manifest, ManifestError
-from tasks.model import build_model
-from tasks.parquet_io import read_table
+from tasks.io.lake import FileEntry, Manifest, ManifestError
+from tasks.io.parquet import read_table
+from tasks.training.evaluate import classification_metrics, load_model, predict, regression_metrics, reliability, run
+from tasks.training.model import build_model
 from tests.train_data import make_split
 
 

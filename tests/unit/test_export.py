@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import compress, export, prune
+from tasks.compression import compress, export, prune
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks import features
+from tasks.prep import features
 from tasks.spec import spec_for
 
 SPEC = spec_for("events")

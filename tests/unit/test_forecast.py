@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import forecast, history
 from tasks.context import StepContext
+from tasks.resources import forecast, history
 
 
 def amdahl(b, w, t=1, overhead=4.0, rate=2e8, serial=5e-10, per_worker=0.3):
@@ -320,7 +320,7 @@ def test_local_plan_is_capped_at_the_host_cpus():
 
 
 def test_run_plan_clean_on_the_local_backend_knows_the_host(lf_home):
-    from tasks.cluster.local import host_cpus
+    from tasks.resources.cluster.local import host_cpus
 
     ctx = StepContext(dataset="events", ds="2026-11-10",
                       params={"deadline_s": 1, "max_workers": host_cpus() + 4, "heuristic_overhead_s": 0,

@@ -67,7 +67,7 @@ def test_adapt_memory_pressure_doubles_the_cluster(sim):
 
 def test_release_on_drain_frees_the_last_wave_without_slowing_the_step(sim):
     """10 reduce tasks on 8 workers: the second reduce wave needs 2 workers; with drain (the product's
-    tasks.cluster.drain rule, checked each second) the 6 idle ones go at once instead of at the end."""
+    tasks.resources.cluster.drain rule, checked each second) the 6 idle ones go at once instead of at the end."""
     maps, reds = np.full(8, 10.0), np.full(10, 10.0)
     kw = dict(workers=8, standing=8, prewarm=8)
     plain = sim.simulate_step(maps, reds, 1e9, 16e9, lambda: 2.0, **kw)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect
 
-from tasks import history
 from tasks.context import StepContext
+from tasks.resources import history
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from tasks import keyring
-from tasks.keyring import KeyError_
+from tasks.security import keyring
+from tasks.security.keyring import KeyError_
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ def test_keyring_file_is_created_0600_in_a_0700_folder(tmp_path):
 
 def test_concurrent_creation_yields_one_keyring(tmp_path):
     path = tmp_path / "keyring.json"
-    code = "import sys, json; from tasks import keyring; print(keyring.load(sys.argv[1]).active)"
+    code = "import sys, json; from tasks.security import keyring; print(keyring.load(sys.argv[1]).active)"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
         for _ in range(4)

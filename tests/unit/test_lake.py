@@ -7,10 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.keyring import load as load_keyring
-from tasks.lake import MANIFEST, Lake, Manifest, ManifestError, code_version
-from tasks.parquet_io import ParquetReadError, read_table, sha256_of, write_table, write_tables
-from tasks.signing import signer_for, verifier_for
+from tasks.io.code_version import code_version
+from tasks.io.lake import MANIFEST, Lake, Manifest, ManifestError
+from tasks.io.parquet import ParquetReadError, read_table, sha256_of, write_table, write_tables
+from tasks.security.keyring import load as load_keyring
+from tasks.security.signing import signer_for, verifier_for
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_edited_manifest_fails_signature(lake):
 
 
 def test_cache_hit_needs_same_input_code_and_params(lake):
-    code = code_version("report")
+    code = code_version("tasks.publishing.report")
     _commit(lake, "2026-11-01", 3, input_fingerprint="fp", code_version=code, params={"a": 1})
     assert lake.cache_hit("clean", "events", "2026-11-01", "fp", code, {"a": 1}) is not None
     assert lake.cache_hit("clean", "events", "2026-11-01", "other", code, {"a": 1}) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.model import build_model, embedding_dim, loss_fn, model_arch, parse_hidden, to_prediction
+from tasks.training.model import build_model, embedding_dim, loss_fn, model_arch, parse_hidden, to_prediction
 from tests.train_data import fit_stats, make_events
 
 
@@ -63,7 +63,7 @@ def test_a_model_learns_the_synthetic_signal(stats):
     """A few hundred full-batch steps separate the classes: the network and the transform fit together."""
     from sklearn.metrics import roc_auc_score
 
-    from tasks.stream import transform
+    from tasks.training.stream import transform
 
     table = make_events(1500, 5)
     x_num, x_cat, y = (torch.from_numpy(a) for a in transform(table, stats))

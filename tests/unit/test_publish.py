@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import compress, keyring, publish
+from tasks.compression import compress
 from tasks.context import StepContext
-from tasks.lake import FileEntry, Manifest
-from tasks.publish import ArtifactError
+from tasks.io.lake import FileEntry, Manifest
+from tasks.publishing import publish
+from tasks.publishing.publish import ArtifactError
+from tasks.security import keyring
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 DS = "2026-11-03"
@@ -43,7 +45,7 @@ def template_home(tmp_path_factory, model_and_data) -> Path:
     ctx = StepContext(dataset="events", ds=DS, lake_url=str(home / "lake"),
                       keyring_path=str(home / "keys" / "keyring.json"))
     _compressed_lake(ctx, model, data)
-    # committed GX Data Docs of the interval (what tasks.validate leaves in the lake)
+    # committed GX Data Docs of the interval (what tasks.validation.validate leaves in the lake)
     page = b"<html>clean suite: 31 expectations passed</html>"
     idir = ctx.lake.interval_dir("validation", "events", DS)
     ctx.lake.fs.makedirs(f"{idir}/clean", exist_ok=True)

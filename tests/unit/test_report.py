@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tasks import report
 from tasks.context import StepContext
-from tasks.lake import Manifest
-from tasks.parquet_io import write_table
+from tasks.io.lake import Manifest
+from tasks.io.parquet import write_table
+from tasks.publishing import report
 
 
 def _commit(ctx: StepContext, stage: str, rows: int, extra: dict, group: str = "") -> None:

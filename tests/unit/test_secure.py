@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import crypto, keyring, parquet_io, secure
 from tasks.context import StepContext
-from tasks.lake import ManifestError
+from tasks.io import parquet as parquet_io
+from tasks.io.lake import ManifestError
+from tasks.security import crypto, keyring, secure
 from tests.unit.secure_data import commit_table, events, secured_interval
 
 DS = "2026-11-03"

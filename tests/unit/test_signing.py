@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import keyring, signing
 from tasks.context import StepContext
-from tasks.lake import Lake, Manifest, ManifestError
+from tasks.io.lake import Lake, Manifest, ManifestError
+from tasks.security import keyring, signing
 
 DS = "2026-11-03"
 

@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 import pytest
 from distributed import LocalCluster
 
-from tasks import clean, datagen, features, split, split_assign
 from tasks.context import StepContext
-from tasks.parquet_io import read_table
+from tasks.io.parquet import read_table
+from tasks.prep import clean, datagen, features, split
+from tasks.prep import split as split_assign
 from tasks.spec import spec_for
 
 SPEC = spec_for("events")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from torch.utils.data import DataLoader
 
-from tasks.parquet_io import write_table
-from tasks.stream import FeatureError, StreamDataset, feature_columns, plan_shards, resume_point, worker_skips
+from tasks.io.parquet import write_table
+from tasks.training.stream import FeatureError, StreamDataset, feature_columns, plan_shards, resume_point, worker_skips
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,7 +149,7 @@ def test_memory_stays_bounded_when_the_split_is_larger(tmp_path):
              "numeric_features": [f"f{i}" for i in range(cols)], "categorical_features": ["c"]}
     code = textwrap.dedent(f"""
         import json, resource, pyarrow as pa
-        from tasks.stream import StreamDataset
+        from tasks.training.stream import StreamDataset
         ds = StreamDataset([{url!r}], json.loads({json.dumps(json.dumps(stats))}), 512, shuffle_rows=20000)
         rows = sum(len(b[2]) for b in ds)
         print(json.dumps({{"rows": rows, "arrow_peak": pa.default_memory_pool().max_memory()}}))

@@ -8,7 +8,7 @@ import subprocess
 from airflow.sdk import DAG
 from leptonflow_airflow.torch_train import TorchTrainOperator
 
-from tasks import train
+from tasks.training import train
 
 
 def test_defaults_and_dag_args():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tasks.context import StepContext
-from tasks.lake import ManifestError
-from tasks.train import DEFAULTS, TrainError, auto_workers, hparams_from, placement, run
+from tasks.io.lake import ManifestError
+from tasks.training.train import DEFAULTS, TrainError, auto_workers, hparams_from, placement, run
 
 
 def ctx(params=None, plan=None) -> StepContext:

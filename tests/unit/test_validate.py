@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
 
-from tasks.validate import QUARANTINE_STAGE, ValidationFailed, read_quarantine, run_raw
 from tasks.validation import engine
+from tasks.validation.validate import QUARANTINE_STAGE, ValidationFailed, read_quarantine, run_raw
 from tests.unit.validate_data import SPEC, ThreadCluster, context, raw_day, raw_dir
 
 DS = "2026-11-01"
@@ -229,7 +229,7 @@ def test_warn_policy_returns_failure_and_docs(tmp_path, addr):
 
 
 def _heavy_price_faults():
-    from tasks.datagen import FaultRates
+    from tasks.prep.datagen import FaultRates
 
     return FaultRates(out_of_range=0.2)
 

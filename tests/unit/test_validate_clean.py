@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tasks.validate import ValidationFailed, run_clean, run_raw
+from tasks.validation.validate import ValidationFailed, run_clean, run_raw
 from tests.unit.validate_data import ThreadCluster, clean_table, commit_tables, context, raw_day
 
 D1, D2 = "2026-11-01", "2026-11-02"

@@ -146,7 +146,7 @@ def test_psi_ks_and_share_delta():
 def test_uniqueness_round_two_compares_exact_keys(tmp_path):
     import pyarrow as pa
 
-    from tasks import parquet_io
+    from tasks.io import parquet as parquet_io
     from tasks.validation import partials
 
     t = pa.table({"k": ["a", "b", "c", "a", None]})

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import datagen, parquet_io
 from tasks.context import StepContext
-from tasks.lake import Lake, Manifest
+from tasks.io import parquet as parquet_io
+from tasks.io.lake import Lake, Manifest
+from tasks.prep import datagen
 from tasks.spec import spec_for
 
 SPEC = spec_for("events")
@@ -99,7 +100,7 @@ def raw_day(
     row_group_rows: int | None = None,
     **kw: Any,
 ) -> list[str]:
-    """Raw files of one day from tasks.datagen (optionally rewritten with small row groups)."""
+    """Raw files of one day from tasks.prep.datagen (optionally rewritten with small row groups)."""
     out = datagen.generate(str(tmp_path / "lake"), start_ds=ds, days=1, rows_per_day=rows, seed=seed, **kw)
     files = out["intervals"][ds]["files"]
     if row_group_rows:

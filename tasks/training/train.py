@@ -1,0 +1,571 @@
+"""The train step: distributed PyTorch training streamed from the (encrypted) split, resumable.
+
+Two halves, in two kinds of process:
+
+* ``run(ctx)`` (the step, in the Airflow task or the CLI) decides nproc and
+  device (the ``plan_train`` plan, else Param ``train_nproc``), writes a JSON
+  config (paths, stats, hparams; never key material) and launches the ranks the
+  way ``torchrun`` does: ``python -m torch.distributed.run --standalone ... -m
+  tasks.training.train --config F`` in a fresh subprocess whose output is streamed into
+  the task log. The ranks never import Airflow (a Python child of an Airflow
+  task that imports Airflow inherits the task's blocked-DB settings and fails).
+  When the ranks finish, it writes ``model_config.json``, ``metrics.json`` and
+  ``curves.png`` next to rank 0's ``model.pt`` and commits the ``model`` stage.
+* ``main()`` (each rank): gloo on CPU or NCCL with one GPU per process and bf16
+  autocast, DDP, a :class:`tasks.training.stream.StreamDataset` sharded by rank and
+  DataLoader worker, checkpoints every ``checkpoint_every`` steps and at each
+  epoch end, early stopping on the validation metric.
+
+Retries resume: checkpoints live in ``<lake>/model/<dataset>/ds=<ds>/checkpoints``
+keyed by (input fingerprint, code version, params), so an Airflow retry of the
+same interval continues from the last checkpoint (exact data position), and a
+run with other input or params starts fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tasks.io.code_version import code_version
+from tasks.io.lake import FileEntry, Lake, Manifest, ManifestError, fingerprint
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULTS: dict[str, Any] = {
+    "epochs": 5,
+    "batch_size": 512,  # the GLOBAL batch, split evenly over the ranks: results do not depend on nproc
+    "lr": 2e-3,
+    "hidden": "64,32",
+    "dropout": 0.1,
+    "weight_decay": 0.0,
+    "patience": 2,
+    "seed": 42,
+    "checkpoint_every": 200,  # steps
+    "train_workers": None,  # DataLoader worker processes per rank; None: 0 on CPU, up to 4 per GPU (auto_workers)
+    "shuffle_rows": 65536,
+    "log_every": 50,
+}
+RESULT = "result.json"
+_RUNNING: set[subprocess.Popen] = set()  # torchrun launchers of this process (for stop_running)
+
+
+class TrainError(RuntimeError):
+    """Training could not run or the rank processes failed; the message says which and why."""
+
+
+# ============================================================================ the step (parent)
+def hparams_from(ctx: Any) -> dict[str, Any]:
+    hp = {k: v if ctx.param(k) is None else ctx.param(k) for k, v in DEFAULTS.items()}  # a None Param = default
+    for k in ("epochs", "batch_size", "patience", "seed", "checkpoint_every", "train_workers", "shuffle_rows",
+              "log_every"):
+        if k == "train_workers" and hp[k] is None:
+            continue
+        try:
+            hp[k] = int(hp[k])
+        except (TypeError, ValueError):
+            raise TrainError(f"Param {k} must be an integer, got {hp[k]!r}") from None
+    for k in ("lr", "dropout", "weight_decay"):
+        hp[k] = float(hp[k])
+    for k in ("epochs", "batch_size", "checkpoint_every", "log_every", "shuffle_rows"):
+        if hp[k] < 1:
+            raise TrainError(f"Param {k} must be >= 1, got {hp[k]}")
+    if hp["patience"] < 0 or (hp["train_workers"] or 0) < 0 or hp["lr"] <= 0:
+        raise TrainError(f"Params patience/train_workers must be >= 0 and lr > 0, got {hp}")
+    from tasks.training.model import parse_hidden
+
+    hp["hidden"] = parse_hidden(hp["hidden"])
+    return hp
+
+
+def placement(ctx: Any) -> tuple[int, str]:
+    """(nproc, device): the plan_train plan if there is one, else Param train_nproc; CUDA when present."""
+    import torch
+
+    plan = ctx.plan("train") or {}
+    cuda = torch.cuda.is_available()
+    device = str(plan.get("device") or ("cuda" if cuda else "cpu"))
+    if device == "cuda" and not cuda:
+        log.warning("the plan asks for cuda but no GPU is visible here: training on cpu")
+        device = "cpu"
+    nproc = int(plan.get("nproc") or ctx.param("train_nproc", 0) or (torch.cuda.device_count() if cuda else 1))
+    if device == "cuda" and nproc > torch.cuda.device_count():
+        log.warning("nproc %d > %d visible GPUs: using one process per GPU", nproc, torch.cuda.device_count())
+        nproc = torch.cuda.device_count()
+    if nproc < 1:
+        raise TrainError(f"nproc must be >= 1, got {nproc}")
+    return nproc, device
+
+
+def auto_workers(device: str, nproc: int) -> int:
+    """DataLoader workers per rank when Param train_workers is unset.
+
+    CPU: 0. The rank's own threads already use the cores, and bench/train.py measured in-process
+    loading faster than a worker process on a small CPU host. GPU: the loop waits on the device, so
+    read + decrypt + transform run in workers on the cores one process per GPU leaves free (at most 4).
+    """
+    if device != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) // max(1, nproc) - 1))
+
+
+def checkpoint_url(lake: Lake, dataset: str, ds: str) -> str:
+    return lake.full_url(f"{lake.interval_dir('model', dataset, ds)}/checkpoints")
+
+
+def launch(nproc: int, config_path: str, env_extra: dict[str, str] | None = None) -> None:
+    """Run the ranks under torch.distributed.run (torchrun) and stream their output into our log."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", str(nproc), "--max-restarts", "0", "-m", "tasks.training.train", "--config", config_path,
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(env_extra or {})
+    log.info("launching %d rank(s): %s", nproc, " ".join(cmd))
+    tail: deque[str] = deque(maxlen=30)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _RUNNING.add(proc)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log.info("%s", line)
+        rc = proc.wait()
+    except BaseException:  # task killed / timed out: do not leave the ranks running
+        _stop(proc)
+        raise
+    finally:
+        _RUNNING.discard(proc)
+    if rc != 0:
+        raise TrainError(f"training ranks failed (torchrun exit code {rc}); last output:\n" + "\n".join(tail))
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM torchrun (it forwards the signal to the ranks), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def stop_running() -> None:
+    """Stop the training launched by this process (the operator's on_kill); checkpoints stay for the retry."""
+    for proc in list(_RUNNING):
+        _stop(proc)
+
+
+def _curves_png(history: list[dict[str, Any]], metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    a1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.legend()
+    a2.plot(epochs, [h["val_metric"] for h in history], "o-", color="C2")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel(f"val {metric}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    from tasks.training.checkpoint import CheckpointStore
+    from tasks.training.evaluate import primary_metric
+    from tasks.training.stream import row_group_rows
+
+    lake: Lake = ctx.lake
+    split = lake.require("split", ctx.dataset, ctx.ds)
+    stats = split.extra.get("feature_stats")
+    if not stats:
+        raise ManifestError(f"split/{ctx.dataset} ds={ctx.ds}: manifest has no extra['feature_stats']")
+    for group in ("train", "val"):
+        if not split.group_files(group):
+            raise ManifestError(f"split/{ctx.dataset} ds={ctx.ds}: no files in group {group!r}")
+    hp = hparams_from(ctx)
+    params = {**hp, "encrypt": bool(ctx.param("encrypt", True))}
+    code = code_version(__name__)
+    input_fp = Lake.manifests_fingerprint(split)
+    metric_name, _ = primary_metric(stats["task"])
+    hit = lake.cache_hit("model", ctx.dataset, ctx.ds, input_fp, code, params)
+    if hit is not None:
+        log.info("model %s ds=%s is up to date (cache hit)", ctx.dataset, ctx.ds)
+        return {"cache_hit": True, **hit.extra.get("metrics", {})}
+
+    nproc, device = placement(ctx)
+    if device == "cpu" and nproc > 1 and hp["batch_size"] % nproc:
+        log.warning("global batch %d is not divisible by %d ranks", hp["batch_size"], nproc)
+    crypto = ctx.crypto()
+    urls = {g: [lake.full_url(lake.abspath(split, f)) for f in split.group_files(g)] for g in ("train", "val")}
+    rg_rows = {g: row_group_rows(u, crypto) for g, u in urls.items()}  # footers once, not once per rank
+    ckpt_url = checkpoint_url(lake, ctx.dataset, ctx.ds)
+    run_key = fingerprint(input_fp, code, params)
+    version, vdir = lake.new_version("model", ctx.dataset, ctx.ds)
+    config = {
+        "dataset": ctx.dataset, "ds": ctx.ds, "lake_url": ctx.lake_url, "keyring_path": ctx.keyring_path,
+        "params": {k: v for k, v in ctx.params.items() if isinstance(v, str | int | float | bool | type(None))},
+        "files": urls, "rg_rows": rg_rows, "stats": stats, "hparams": hp, "device": device,
+        "checkpoint_url": ckpt_url, "run_key": run_key, "out_url": lake.full_url(vdir), "version": version,
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="lf-train-") as tmp:
+            cfg_path = os.path.join(tmp, "config.json")
+            Path(cfg_path).write_text(json.dumps(config))
+            launch(nproc, cfg_path)
+        store = CheckpointStore(ckpt_url)
+        result = store.read_json(RESULT)
+        if not result or result.get("version") != version:
+            raise TrainError(f"{ckpt_url}/{RESULT}: rank 0 left no result for version {version}")
+        files = [FileEntry(path=f"v={version}/model.pt", rows=0, bytes=result["model_bytes"],
+                           sha256=result["model_sha256"])]
+        model_config = {
+            "hparams": hp, "arch": result["arch"], "task": stats["task"], "metric": metric_name,
+            "best_val_metric": result["best_val_metric"], "feature_stats": stats,
+            "feature_stats_ref": {"stage": "split", "version": split.version, "digest": split.digest()},
+            "spec_fingerprint": ctx.spec.fingerprint(), "code_version": code,
+        }
+        files.append(lake.put_bytes(vdir, version, "model_config.json", json.dumps(model_config, indent=1).encode()))
+        files.append(lake.put_bytes(vdir, version, "metrics.json", json.dumps(
+            {k: result[k] for k in ("history", "best_val_metric", "best_epoch", "metric", "stopped_early")},
+            indent=1).encode()))
+        files.append(lake.put_bytes(vdir, version, "curves.png", _curves_png(result["history"], metric_name)))
+        out = {
+            "epochs_run": len(result["history"]), "best_val_metric": result["best_val_metric"],
+            "metric": metric_name, "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
+            "train_samples_per_s": result["train_samples_per_s"], "global_step": result["global_step"],
+            "resumed_from_step": result["resumed_from_step"], "nproc": nproc, "device": device,
+            "peak_gpu_mem_bytes": result.get("peak_gpu_mem_bytes"),
+            "input_rows": split.rows_in("train"),
+            "input_bytes": sum(f.bytes for f in split.group_files("train")),
+        }
+        manifest = lake.commit(Manifest(
+            stage="model", dataset=ctx.dataset, ds=ctx.ds, version=version, files=files,
+            input_fingerprint=input_fp, code_version=code, params=params,
+            extra={"metrics": out, "arch": result["arch"], "split_version": split.version},
+        ))
+    except BaseException:
+        lake.discard("model", ctx.dataset, ctx.ds, version)
+        raise
+    CheckpointStore(ckpt_url).clear()  # committed: a retry is now a cache hit, checkpoints are dead weight
+    paths = {f.path.rsplit("/", 1)[-1]: lake.full_url(lake.abspath(manifest, f)) for f in files}
+    out.update(model_path=paths["model.pt"], curve_path=paths["curves.png"], version=version)
+    return out
+
+
+# ============================================================================ the ranks
+class Trainer:
+    """One rank's training loop (rank 0 also validates, checkpoints and writes the result)."""
+
+    def __init__(self, cfg: dict[str, Any], rank: int, world: int, local_rank: int):
+        import torch
+
+        from tasks.context import StepContext
+        from tasks.training.checkpoint import CheckpointStore
+        from tasks.training.evaluate import primary_metric
+        from tasks.training.model import build_model, loss_fn
+
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.hp, self.stats = cfg["hparams"], cfg["stats"]
+        self.task = self.stats["task"]
+        self.metric, self.higher_better = primary_metric(self.task)
+        self.cuda = cfg["device"] == "cuda"
+        if self.cuda and not torch.cuda.is_available():
+            raise TrainError("device cuda was planned but this rank sees no GPU")
+        self.device = torch.device(f"cuda:{local_rank}" if self.cuda else "cpu")
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+        ctx = StepContext(dataset=cfg["dataset"], ds=cfg["ds"], lake_url=cfg["lake_url"], params=cfg["params"],
+                          keyring_path=cfg["keyring_path"])
+        self.crypto = ctx.crypto()  # rebuilt here from the keyring: no key material crossed the process boundary
+        workers = self.hp["train_workers"]
+        self.workers = auto_workers(cfg["device"], world) if workers is None else int(workers)
+        self.local_batch = max(1, self.hp["batch_size"] // world)
+        torch.manual_seed(self.hp["seed"])  # identical initial weights on every rank
+        self.model = build_model(self.stats, self.hp).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+        self.criterion = loss_fn(self.task)
+        self.store = CheckpointStore(cfg["checkpoint_url"])
+        self.state: dict[str, Any] = {
+            "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": -1,
+            "bad_epochs": 0, "stopped_early": False, "history": [], "world_size": world,
+            "num_workers": self.workers,
+        }
+        self.best_model: dict[str, Any] | None = None
+        self.resumed_from: int | None = None
+
+    # -- distributed helpers --
+    def _dist(self) -> bool:
+        import torch.distributed as dist
+
+        return dist.is_available() and dist.is_initialized() and self.world > 1
+
+    def _barrier(self) -> None:
+        import torch.distributed as dist
+
+        if self._dist():
+            dist.barrier()
+
+    def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        if not self._dist():
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def _broadcast(self, values: list[float]) -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        if not self._dist():
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return t.tolist()
+
+    # -- checkpoints --
+    def resume(self) -> None:
+        from tasks.training.checkpoint import set_rng_state
+
+        # rank 0 first: it may move corrupt files aside or clear stale ones; the others then see the same choice
+        payload = self.store.load(self.cfg["run_key"]) if self.rank == 0 else None
+        self._barrier()
+        if self.rank != 0:
+            payload = self.store.load(self.cfg["run_key"])
+        if payload is None:
+            return
+        self.model.load_state_dict(payload["model"])
+        self.opt.load_state_dict(payload["optimizer"])
+        self.state = dict(payload["state"])
+        self.best_model = payload.get("best_model")
+        rngs = payload.get("rng") or []
+        if self.rank < len(rngs):
+            set_rng_state(rngs[self.rank])
+        if self.state.get("world_size") != self.world or self.state.get("num_workers") != self.workers:
+            log.warning("checkpoint was made with %s ranks x %s workers, now %d x %d: restarting epoch %d "
+                        "from its start", self.state.get("world_size"), self.state.get("num_workers"), self.world,
+                        self.workers, self.state["epoch"])
+            self.state.update(step_in_epoch=0, world_size=self.world, num_workers=self.workers)
+        self.resumed_from = int(self.state["global_step"])
+        log.info("resumed at epoch %d step-in-epoch %d (global step %d)", self.state["epoch"],
+                 self.state["step_in_epoch"], self.resumed_from)
+
+    def checkpoint(self) -> None:
+        """Collective: every rank contributes its RNG state, rank 0 writes."""
+        import torch.distributed as dist
+
+        from tasks.training.checkpoint import rng_state
+
+        rngs: list[Any] = [rng_state()]
+        if self._dist():
+            rngs = [None] * self.world
+            dist.all_gather_object(rngs, rng_state())
+        if self.rank == 0:
+            payload = {
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scaler": None,
+                "rng": rngs, "state": self.state, "best_model": self.best_model, "run_key": self.cfg["run_key"],
+            }
+            self.store.save(payload, self.state["global_step"], self.cfg["run_key"])
+
+    # -- data --
+    def dataset(self, group: str, epoch: int, skip: int = 0, *, train: bool = True) -> Any:
+        from tasks.training.stream import StreamDataset
+
+        if train:
+            return StreamDataset(
+                self.cfg["files"][group], self.stats, self.local_batch, crypto=self.crypto,
+                rg_rows=self.cfg["rg_rows"][group], rank=self.rank, world_size=self.world,
+                num_workers=self.workers, seed=self.hp["seed"], epoch=epoch, shuffle=True,
+                shuffle_rows=self.hp["shuffle_rows"], skip_batches=skip,
+            )
+        return StreamDataset(self.cfg["files"][group], self.stats, 8192, crypto=self.crypto,
+                             rg_rows=self.cfg["rg_rows"][group], shuffle=False)
+
+    def validate(self) -> tuple[float, float]:
+        """(val metric, val loss) computed on rank 0 over the whole val split, shared with every rank."""
+        import torch
+
+        from tasks.training.evaluate import metric_value, predict_batches
+
+        value = [0.0, 0.0]
+        if self.rank == 0:
+            y, p = predict_batches(self.model, self.dataset("val", 0, train=False), self.task, self.device)
+            yt, pt = torch.from_numpy(y), torch.from_numpy(p).double()
+            if self.task == "classification":
+                loss = torch.nn.functional.binary_cross_entropy(pt.clamp(1e-7, 1 - 1e-7), yt.double()).item()
+            else:
+                loss = torch.nn.functional.mse_loss(pt, yt.double()).item()
+            value = [metric_value(self.task, y, p), loss]
+        metric, loss = self._broadcast(value)
+        return metric, loss
+
+    # -- the loop --
+    def fit(self) -> dict[str, Any]:
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        from torch.utils.data import DataLoader
+
+        self.resume()
+        net = self.model
+        if self._dist():
+            net = DDP(self.model, device_ids=[self.device.index] if self.cuda else None)
+        hp, st = self.hp, self.state
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+        speeds: list[float] = []
+        while st["epoch"] < hp["epochs"] and not st["stopped_early"]:
+            epoch = st["epoch"]
+            ds = self.dataset("train", epoch, st["step_in_epoch"])
+            steps = ds.steps_per_epoch()
+            if steps == 0:
+                raise TrainError(f"train split has too few rows ({ds.rows}) for one batch per rank")
+            loader = DataLoader(ds, batch_size=None, num_workers=self.workers, pin_memory=self.cuda,
+                                prefetch_factor=4 if self.workers else None)
+            net.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            n_steps, samples, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
+            for x_num, x_cat, y in islice(loader, ds.leading_discard(), None):
+                if st["step_in_epoch"] >= steps:
+                    break
+                x_num = x_num.to(self.device, non_blocking=True)
+                x_cat = x_cat.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                with autocast:
+                    out = net(x_num, x_cat)
+                loss = self.criterion(out.float(), y)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                loss_sum += loss.detach()
+                n_steps += 1
+                samples += len(y)
+                st["step_in_epoch"] += 1
+                st["global_step"] += 1
+                if self.rank == 0 and st["global_step"] % hp["log_every"] == 0:
+                    log.info("epoch %d step %d/%d (global %d): loss %.4f", epoch + 1, st["step_in_epoch"], steps,
+                             st["global_step"], loss.item())
+                if st["global_step"] % hp["checkpoint_every"] == 0 and st["step_in_epoch"] < steps:
+                    self.checkpoint()
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0  # this rank's process, all threads
+            total_loss, total_steps, total_samples = self._all_reduce([loss_sum.item(), n_steps, samples])
+            (max_elapsed,) = self._all_reduce([elapsed], op="max")
+            speed = total_samples / max(max_elapsed, 1e-9)
+            speeds.append(speed)
+            val_metric, val_loss = self.validate()
+            better = st["best_metric"] is None or (
+                val_metric > st["best_metric"] if self.higher_better else val_metric < st["best_metric"]
+            )
+            if better:
+                st.update(best_metric=val_metric, best_epoch=epoch, bad_epochs=0)
+                self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            else:
+                st["bad_epochs"] += 1
+            st["history"].append({
+                "epoch": epoch, "train_loss": total_loss / max(total_steps, 1), "val_loss": val_loss,
+                "val_metric": val_metric, "samples_per_s": speed, "steps": steps,
+                "rank0_samples_per_cpu_s": samples / max(cpu, 1e-9),
+            })
+            if self.rank == 0:
+                log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s, %.0f samples/s", epoch + 1,
+                         hp["epochs"], st["history"][-1]["train_loss"], val_loss, self.metric, val_metric,
+                         " (best)" if better else "", speed)
+            st.update(epoch=epoch + 1, step_in_epoch=0)
+            if st["bad_epochs"] > hp["patience"] - 1 and hp["patience"] > 0:
+                st["stopped_early"] = True
+                if self.rank == 0:
+                    log.info("early stopping: no val %s improvement for %d epochs", self.metric, st["bad_epochs"])
+            self.checkpoint()
+        return self.finish(speeds)
+
+    def finish(self, speeds: list[float]) -> dict[str, Any]:
+        import fsspec
+        import torch
+
+        st = self.state
+        result: dict[str, Any] = {}
+        if self.rank == 0:
+            weights = self.best_model or {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            buf = io.BytesIO()
+            torch.save(weights, buf)
+            data = buf.getvalue()
+            with fsspec.open(f"{self.cfg['out_url']}/model.pt", "wb") as fh:
+                fh.write(data)
+            history = st["history"]
+            result = {
+                "version": self.cfg["version"], "model_sha256": hashlib.sha256(data).hexdigest(),
+                "model_bytes": len(data), "arch": self.model.arch, "history": history,
+                "best_val_metric": st["best_metric"], "best_epoch": st["best_epoch"], "metric": self.metric,
+                "stopped_early": st["stopped_early"], "global_step": st["global_step"],
+                "resumed_from_step": self.resumed_from,
+                "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
+                "train_samples_per_s": (sum(speeds) / len(speeds)) if speeds else
+                (history[-1]["samples_per_s"] if history else 0.0),
+            }
+            self.store.write_json(RESULT, result)
+            log.info("training done: %d epochs, best val %s %.4f (epoch %d), global step %d", len(history),
+                     self.metric, st["best_metric"] if st["best_metric"] is not None else float("nan"),
+                     st["best_epoch"] + 1, st["global_step"])
+        self._barrier()
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of one rank (started by torch.distributed.run; env RANK, WORLD_SIZE, LOCAL_RANK)."""
+    p = argparse.ArgumentParser(prog="python -m tasks.training.train", description="one training rank (use torchrun)")
+    p.add_argument("--config", required=True, help="JSON config written by tasks.training.train.run")
+    args = p.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s [rank {rank}/{world}] %(levelname)s %(name)s: %(message)s")
+    cfg = json.loads(Path(args.config).read_text())
+    import torch
+    import torch.distributed as dist
+
+    if world > 1:
+        backend = "nccl" if cfg["device"] == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        log.info("process group up: backend %s, %d ranks", backend, world)
+    try:
+        Trainer(cfg, rank, world, local_rank).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if "airflow" in sys.modules:  # the invariant that keeps ranks safe inside Airflow tasks
+        raise TrainError("a training rank imported airflow; tasks/ must never import it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
