@@ -14,63 +14,15 @@ from leptonflow_airflow.operators import LeptonflowStepOperator, PublishOperator
 from leptonflow_airflow.sensors import ResourceForecastSensor
 from leptonflow_airflow.torch_train import TorchTrainOperator
 
+from tasks import params
 from tasks.spec import DatasetSpec, all_specs
 
 CRON = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
 
 
 def pipeline_params(spec: DatasetSpec) -> dict[str, Param]:
-    """Typed, documented, grouped Params: the trigger form."""
-    return {
-        "interval_date": Param(
-            None, type=["null", "string"], format="date", section="Data",
-            description="Process this day (YYYY-MM-DD) instead of the run's data interval.",
-        ),
-        "validation_policy": Param(
-            "fail", type="string", enum=["fail", "warn", "quarantine"], section="Validation",
-            description="On failed expectations: fail the run, warn and go on, or quarantine the offending rows.",
-        ),
-        "encrypt": Param(
-            True, type="boolean", section="Security",
-            description="Parquet Modular Encryption of clean, quarantine and split files (PII under its own key).",
-        ),
-        "anomaly_check": Param(
-            True, type="boolean", section="Security",
-            description="Score clean rows with an IsolationForest fitted on earlier intervals; quarantine outliers.",
-        ),
-        "anomaly_policy": Param(
-            "warn", type="string", enum=["fail", "warn"], section="Security",
-            description="When the interval's anomaly rate exceeds anomaly_max_rate.",
-        ),
-        "anomaly_max_rate": Param(
-            float(spec.anomaly.get("max_rate", 0.05)), type="number", minimum=0, maximum=1, section="Security",
-            description="Highest tolerated share of rows scored anomalous by the IsolationForest.",
-        ),
-        "deadline_s": Param(
-            600, type="integer", minimum=10, maximum=86400, section="Resources",
-            description="Deadline per heavy step (seconds): the forecast picks the smallest cluster meeting it.",
-        ),
-        "min_workers": Param(1, type="integer", minimum=1, maximum=1000, section="Resources",
-                             description="Fewest Dask workers a plan may ask for."),
-        "max_workers": Param(2, type="integer", minimum=1, maximum=1000, section="Resources",
-                             description="Most Dask workers a plan may ask for."),
-        "epochs": Param(3, type="integer", minimum=1, maximum=1000, section="Training",
-                        description="Training epochs (early stopping may end sooner)."),
-        "batch_size": Param(1024, type="integer", minimum=1, maximum=1_000_000, section="Training",
-                            description="Global batch size (split over the training processes)."),
-        "lr": Param(0.003, type="number", exclusiveMinimum=0, maximum=1, section="Training",
-                    description="Learning rate (AdamW)."),
-        "hidden": Param(128, type="integer", minimum=4, maximum=4096, section="Training",
-                        description="Width of the hidden layers."),
-        "patience": Param(2, type="integer", minimum=0, maximum=100, section="Training",
-                          description="Early stopping: epochs without validation improvement."),
-        "train_nproc": Param(None, type=["null", "integer"], minimum=1, maximum=64, section="Training",
-                             description="Training processes (default: from the forecast plan)."),
-        "compress_budget": Param(
-            0.01, type="number", minimum=0, maximum=1, section="Compression",
-            description="Largest tolerated metric drop (AUC for classification) of the compressed model.",
-        ),
-    }
+    """The trigger form: one typed, bounded, documented Param per setting of tasks.params, grouped by section."""
+    return {name: Param(**kwargs) for name, kwargs in params.airflow_param_kwargs(spec).items()}
 
 
 def build_dag(spec: DatasetSpec) -> DAG:

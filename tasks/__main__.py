@@ -1,10 +1,12 @@
 """`python -m tasks <command> ...`: every step without Airflow.
 
 Commands:
-  <step> --dataset D --ds YYYY-MM-DD [--lake URL] [--param k=v ...]
-      runs ``tasks.<step>.run(ctx)`` and prints its JSON result. Steps: validate_raw, clean,
-      split, validate_clean, secure, plan_clean, plan_train, train, evaluate, compress, publish.
-  pipeline --dataset D --ds YYYY-MM-DD   all steps in order (no Airflow).
+  <step> --dataset D --ds YYYY-MM-DD [--lake URL] [--<setting> VALUE ...]
+      runs one step and prints its JSON result. Steps: validate_raw, plan_clean, clean, split,
+      validate_clean, secure, plan_train, train, evaluate, compress, publish.
+      `python -m tasks <step> --help` lists the settings that step reads, as flags.
+  pipeline --dataset D --ds YYYY-MM-DD [--<setting> VALUE ...]   all steps in order (no Airflow).
+  params [--json | --markdown]   every setting: type, default, section, steps, cache key.
   <module> ARGS...   modules with their own CLI (``cli(argv)``):
       datagen          synthetic events into the raw zone (--lake --dataset --start --days --rows/--gb --seed)
       suites           regenerate the stored Great Expectations suites from the spec (--dataset)
@@ -15,18 +17,42 @@ Commands:
 
 from __future__ import annotations
 
-import importlib
 import sys
+from collections.abc import Callable
 
-# command -> "module:function"; a module's own argument parser lives in its cli().
-ALIASES = {
-    "datagen": "tasks.prep.datagen:cli",
-    "verify-artifact": "tasks.publishing.publish:verify_cli",
-    "rotate-keys": "tasks.security.crypto:rotate_cli",
-    "pipeline": "tasks.steps:pipeline_cli",
-    "report": "tasks.publishing.report:cli",
-    "suites": "tasks.validation.suites:cli",
-}
+from tasks import steps
+
+
+def _commands() -> dict[str, Callable[[list[str]], int]]:
+    """Commands with their own argument parser; anything else is a step name."""
+
+    def datagen(argv: list[str]) -> int:
+        from tasks.prep import datagen
+
+        return datagen.cli(argv)
+
+    def verify_artifact(argv: list[str]) -> int:
+        from tasks.publishing import publish
+
+        return publish.verify_cli(argv)
+
+    def rotate_keys(argv: list[str]) -> int:
+        from tasks.security import crypto
+
+        return crypto.rotate_cli(argv)
+
+    def report(argv: list[str]) -> int:
+        from tasks.publishing import report
+
+        return report.cli(argv)
+
+    def suites(argv: list[str]) -> int:
+        from tasks.validation import suites
+
+        return suites.cli(argv)
+
+    return {"datagen": datagen, "verify-artifact": verify_artifact, "rotate-keys": rotate_keys,
+            "pipeline": steps.pipeline_cli, "report": report, "suites": suites, "params": steps.params_cli}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     cmd, rest = argv[0], argv[1:]
-    target = ALIASES.get(cmd)
-    if target is None:
-        from tasks.steps import step_cli
-
-        return step_cli(cmd, rest)
-    module, func = target.split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    command = _commands().get(cmd)
+    if command is None:
+        return steps.step_cli(cmd, rest)
+    return int(command(rest) or 0)
 
 
 if __name__ == "__main__":

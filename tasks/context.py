@@ -1,34 +1,97 @@
-"""StepContext: everything a step needs to run, without Airflow.
+"""StepContext: the one object a step receives, and Settings: the one reader of the environment.
 
-The Airflow operators build one from the task context (Params, Connections,
-data interval); the CLI builds one from flags; tests build one directly. Every
-step module exposes ``run(ctx: StepContext) -> dict`` returning small JSON
-(paths, counts, plans, metrics) that the operator pushes to XCom.
+The Airflow operators build a StepContext from the task context (Params, Connections through
+hooks, the data interval, upstream XComs); the CLI builds one from flags; tests build one
+directly. A step reads its settings with ``ctx.param(name)``: the typed value declared in
+:mod:`tasks.params`, with the run's overrides applied. Nothing below this module reads
+environment variables: :class:`Settings` reads the ``LEPTONFLOW_*`` variables once, for the
+CLI and for defaults a Connection does not give.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tasks import params as settings_decl
+from tasks.errors import SettingError
 from tasks.io.lake import Lake
 from tasks.security import keyring, signing
 from tasks.spec import DatasetSpec, spec_for
 
 REPO = Path(__file__).resolve().parent.parent
+ENV_VARS = {
+    "LEPTONFLOW_HOME": "folder of the embedded defaults (lake, keyring, history DB, artifacts); default ./var",
+    "LEPTONFLOW_LAKE": "lake root URL (default <home>/lake)",
+    "LEPTONFLOW_HISTORY_URL": "SQLAlchemy URL of the run-history DB (default sqlite:///<home>/history.sqlite)",
+    "LEPTONFLOW_KEYRING": "keyring file (default <home>/keys/keyring.json)",
+    "LEPTONFLOW_KEYRING_JSON": "the keyring document itself (instead of the file)",
+    "LEPTONFLOW_ARTIFACTS": "model artifact store URL (default <home>/artifacts)",
+    "LEPTONFLOW_ARTIFACTS_OPTIONS": "fsspec storage options of the artifact store, a JSON object",
+    "LEPTONFLOW_GC_GRACE_S": "seconds an unreferenced lake version folder is kept before garbage collection",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations and store options from the environment (see ENV_VARS), read once by :meth:`from_env`."""
+
+    home: Path
+    lake_url: str
+    history_url: str
+    keyring_path: str
+    keyring_json: str | None
+    artifacts_url: str
+    artifacts_options: dict[str, Any]
+    gc_grace_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("LEPTONFLOW_HOME") or REPO / "var")
+        raw_opts = env.get("LEPTONFLOW_ARTIFACTS_OPTIONS") or ""
+        try:
+            opts = json.loads(raw_opts) if raw_opts else {}
+        except json.JSONDecodeError as exc:
+            raise SettingError("LEPTONFLOW_ARTIFACTS_OPTIONS", f"is not JSON: {exc}") from None
+        if not isinstance(opts, dict):
+            raise SettingError("LEPTONFLOW_ARTIFACTS_OPTIONS", "must be a JSON object")
+        try:
+            grace = float(env.get("LEPTONFLOW_GC_GRACE_S") or 300)
+        except ValueError:
+            raise SettingError("LEPTONFLOW_GC_GRACE_S", "must be a number of seconds") from None
+        return cls(
+            home=home,
+            lake_url=env.get("LEPTONFLOW_LAKE") or str(home / "lake"),
+            history_url=env.get("LEPTONFLOW_HISTORY_URL") or f"sqlite:///{home / 'history.sqlite'}",
+            keyring_path=env.get("LEPTONFLOW_KEYRING") or str(home / "keys" / "keyring.json"),
+            keyring_json=env.get("LEPTONFLOW_KEYRING_JSON") or None,
+            artifacts_url=env.get("LEPTONFLOW_ARTIFACTS") or str(home / "artifacts"),
+            artifacts_options=opts,
+            gc_grace_s=grace,
+        )
 
 
 def default_home() -> Path:
     """Where embedded defaults live (lake, keyring, history DB): $LEPTONFLOW_HOME or ./var."""
-    return Path(os.environ.get("LEPTONFLOW_HOME", REPO / "var"))
+    return Settings.from_env().home
 
 
 @dataclass
 class StepContext:
+    """What a step runs on: the dataset and interval, the stores, the cluster backend, settings, upstream results.
+
+    `params` holds the run's setting overrides (Params of the DAG run, CLI flags); ``param(name)``
+    gives the resolved, typed value of any declared setting. Locations left empty take the
+    :class:`Settings` defaults.
+    """
+
     dataset: str
     ds: str  # data interval start as YYYY-MM-DD
     lake_url: str = ""
@@ -39,20 +102,20 @@ class StepContext:
     cluster: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
     keyring_path: str = ""
     artifacts_url: str = ""  # fsspec URL of the model artifact store
+    artifacts_options: dict[str, Any] | None = None  # fsspec storage options of the artifact store
     run_id: str = "manual"
     spec_obj: DatasetSpec | None = None
     upstream: dict[str, Any] = field(default_factory=dict)  # small JSON results of earlier steps
+    env: Settings | None = None
 
     def __post_init__(self) -> None:
-        home = default_home()
-        self.lake_url = self.lake_url or os.environ.get("LEPTONFLOW_LAKE", str(home / "lake"))
-        self.history_url = self.history_url or os.environ.get(
-            "LEPTONFLOW_HISTORY_URL", f"sqlite:///{home / 'history.sqlite'}"
-        )
-        self.keyring_path = self.keyring_path or os.environ.get(
-            "LEPTONFLOW_KEYRING", str(home / "keys" / "keyring.json")
-        )
-        self.artifacts_url = self.artifacts_url or os.environ.get("LEPTONFLOW_ARTIFACTS", str(home / "artifacts"))
+        env = self.env = self.env or Settings.from_env()
+        self.lake_url = self.lake_url or env.lake_url
+        self.history_url = self.history_url or env.history_url
+        self.keyring_path = self.keyring_path or env.keyring_path
+        self.artifacts_url = self.artifacts_url or env.artifacts_url
+        if self.artifacts_options is None:
+            self.artifacts_options = dict(env.artifacts_options)
         if self.interval_start is None:
             self.interval_start = datetime.fromisoformat(self.ds).replace(tzinfo=UTC)
         if self.interval_end is None:
@@ -65,24 +128,37 @@ class StepContext:
         return self.spec_obj
 
     @cached_property
+    def settings(self) -> dict[str, Any]:
+        """Every setting's resolved value for this run (overrides over spec defaults over declared defaults)."""
+        return settings_decl.resolve(self.params, self.spec)
+
+    def param(self, name: str) -> Any:
+        """The typed value of setting `name` (declared in :mod:`tasks.params`); unknown names are an error."""
+        settings_decl.get(name)
+        return self.settings[name]
+
+    def cache_params(self, module: str) -> dict[str, Any]:
+        """The settings part of the cache key of the step implemented in `module`."""
+        return settings_decl.cache_params(module, self.settings)
+
+    @cached_property
     def keys(self) -> keyring.Keyring:
-        return keyring.load(self.keyring_path)
+        return keyring.load(self.keyring_path, use_env=False, document=self.env.keyring_json)
 
     @cached_property
     def lake(self) -> Lake:
         """The lake, signing every manifest it commits and verifying every one it reads."""
-        return Lake(self.lake_url, signer=signing.signer_for(self.keys), verifier=signing.verifier_for(self.keys))
-
-    def param(self, name: str, default: Any = None) -> Any:
-        return self.params.get(name, default)
+        return Lake(self.lake_url, signer=signing.signer_for(self.keys), verifier=signing.verifier_for(self.keys),
+                    gc_grace_s=self.env.gc_grace_s)
 
     def plan(self, stage: str) -> dict[str, Any] | None:
         """The cluster plan the forecast sensor made for `stage` ("clean", "train"), if any."""
         return self.upstream.get(f"plan_{stage}")
 
     def crypto(self) -> Any:
-        """The Parquet encryption to apply to lake writes (None when the `encrypt` Param is off)."""
-        if not self.params.get("encrypt", True):
+        """The Parquet encryption to apply to lake writes (None when the `encrypt` setting is off)."""
+        if not self.param("encrypt"):
             return None
         from tasks.security import crypto  # lazy: only steps that write data need it
+
         return crypto.for_context(self)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tasks import params as settings
 from tasks.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -159,23 +160,29 @@ def _context_from_args(args: argparse.Namespace) -> StepContext:
             params[k] = json.loads(v)
         except json.JSONDecodeError:
             params[k] = v
+    params.update(settings.cli_overrides(args))
     cluster = json.loads(args.cluster) if args.cluster else {"backend": "local"}
-    return StepContext(dataset=args.dataset, ds=args.ds, lake_url=args.lake or "", params=params, cluster=cluster)
+    ctx = StepContext(dataset=args.dataset, ds=args.ds, lake_url=args.lake or "", params=params, cluster=cluster)
+    ctx.settings  # noqa: B018 -- resolve now: a bad flag fails before any work, naming the setting
+    return ctx
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+def _parser(prog: str, step: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--dataset", required=True)
     p.add_argument("--ds", required=True, help="data interval start, YYYY-MM-DD")
     p.add_argument("--lake", help="lake root URL (default $LEPTONFLOW_LAKE or ./var/lake)")
     p.add_argument("--cluster", help='cluster backend JSON, e.g. {"backend":"address","address":"tcp://..."}')
-    p.add_argument("--param", action="append", help="k=v (v parsed as JSON when it can be)")
+    p.add_argument("--param", action="append", help="k=v, another way to give a setting (v parsed as JSON)")
+    names = None if step is None else settings.settings_read_by(STEPS[step].module)
+    settings.add_cli_flags(p, None if names is None else tuple(n for n in names if n != "interval_date"))
     return p
 
 
 def step_cli(step: str, argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = _parser(f"python -m tasks {step}").parse_args(argv)
+    resolve(step)
+    args = _parser(f"python -m tasks {step}", step).parse_args(argv)
     ctx = _context_from_args(args)
     print(json.dumps(run_step(step, ctx), indent=1, default=str))
     return 0
@@ -192,6 +199,60 @@ def run_pipeline(ctx: StepContext) -> dict[str, Any]:
 
 def pipeline_cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = _parser("python -m tasks pipeline").parse_args(argv)
+    args = _parser("python -m tasks pipeline", None).parse_args(argv)
     print(json.dumps(run_pipeline(_context_from_args(args)), indent=1, default=str))
+    return 0
+
+
+# ---- python -m tasks params -------------------------------------------------------------------
+
+def describe() -> list[dict[str, Any]]:
+    """Every setting as a JSON-ready dict, with the steps that read it (found in their source)."""
+    readers: dict[str, list[str]] = {s.name: [] for s in settings.SETTINGS}
+    for step in STEPS.values():
+        for name in settings.settings_read_by(step.module):
+            readers.setdefault(name, []).append(step.name)
+    out = []
+    for s in settings.SETTINGS:
+        d = {"name": s.name, "type": s.type, "default": s.default, "section": s.section, "doc": s.doc,
+             "affects_output": s.affects_output, "nullable": s.nullable, "steps": readers[s.name],
+             "schema": s.schema(), "flag": settings.flag(s.name)}
+        if s.spec_default:
+            d["spec_default"] = s.spec_default
+        out.append(d)
+    return out
+
+
+def markdown_table() -> str:
+    """The settings as the README's Markdown table (one row per setting, by section)."""
+    lines = ["| setting | section | type | default | in cache key | steps | what it does |",
+             "|---|---|---|---|---|---|---|"]
+    for d in describe():
+        default = "derived" if d["default"] is None else f"`{json.dumps(d['default'])}`"
+        key = "yes" if d["affects_output"] else "no"
+        steps = ", ".join(d["steps"]) or ("all runs" if d["name"] == "interval_date" else "all cached")
+        lines.append(f"| `{d['name']}` | {d['section']} | {d['type']} | {default} | {key} | {steps} | {d['doc']} |")
+    return "\n".join(lines) + "\n"
+
+
+def params_cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tasks params", description="List every leptonflow setting.")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the settings as a JSON list")
+    fmt.add_argument("--markdown", action="store_true", help="print the README's settings table")
+    args = p.parse_args(argv)
+    if args.json:
+        print(json.dumps(describe(), indent=1))
+    elif args.markdown:
+        print(markdown_table(), end="")
+    else:
+        for section in settings.SECTIONS:
+            print(f"{section}:")
+            for d in (d for d in describe() if d["section"] == section):
+                default = "derived" if d["default"] is None else json.dumps(d["default"])
+                mark = "*" if d["affects_output"] else " "
+                print(f" {mark} {d['name']:<32} {d['type']:<8} {default:<24} {d['doc']}")
+        print("* = changes a step's output (part of its cache key)")
     return 0

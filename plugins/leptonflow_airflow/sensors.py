@@ -1,53 +1,38 @@
 """ResourceForecastSensor: plan a step's cluster from run history, apply it, wait until it is there.
 
-execute() builds a StepContext from the Airflow context, asks ``tasks.resources.forecast`` for the plan
-(``run_plan_clean`` / ``run_plan_train``), applies it through the cluster backend and then:
+execute() builds a StepContext from the Airflow context, reads the cluster backend from the
+``dask_default`` Connection (``cluster_conn_id``) through its hook, asks ``tasks.resources.forecast``
+for the plan (``run_plan_clean`` / ``run_plan_train``) and applies it through the backend:
 
-- ``local``   nothing standing to wait for: returns the plan at once (the step starts its
-              LocalCluster with the planned size);
-- ``gateway`` resizes the shared dask-gateway cluster from this process, then defers to
-              ``ClusterReadyTrigger`` until the planned workers are up;
-- ``address`` a fixed cluster: the plan is advisory; defers until it has enough workers
-              (the plan's size, capped by the Connection's ``max_workers`` when set).
+- no standing cluster (``local``): returns the plan at once (the step starts its LocalCluster
+  with the planned size);
+- a backend that scales (``gateway``): resizes the shared cluster from this process, then defers
+  to ``ClusterReadyTrigger`` until the planned workers are up;
+- a fixed cluster (``address``): the plan is advisory; defers until it has enough workers
+  (the plan's size, capped by the Connection's ``max_workers`` when set).
 
-The plan (a ``ClusterPlan`` dict, plus nproc/device for training) is the return value, so it is
-the XCom that the next step reads through ``ctx.plan(stage)``.
+The trigger carries the conn_id and the plan's numbers, never the Connection's secrets. The plan
+(a ``ClusterPlan`` dict, plus nproc/device for training) is the return value, so it is the XCom
+that the next step reads through ``ctx.plan(stage)``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 
+from leptonflow_airflow.context import context_from_airflow
+from leptonflow_airflow.hooks import DaskClusterHook, cluster_config
 from leptonflow_airflow.triggers import ClusterReadyTrigger
 from tasks.context import StepContext
 
 log = logging.getLogger(__name__)
 
 PLANNERS = {"clean": "run_plan_clean", "train": "run_plan_train"}
-
-
-def _inline_context(context: Any, dataset: str, step: str) -> StepContext:
-    """Fallback when leptonflow_airflow.context is not importable: Params + data interval only."""
-    start = context.get("data_interval_start") or datetime.fromisoformat(context["ds"]).replace(tzinfo=UTC)
-    end = context.get("data_interval_end") or start + timedelta(days=1)
-    dag_run = context.get("dag_run")
-    params = dict(context.get("params") or {})
-    params.update(getattr(dag_run, "conf", None) or {})
-    return StepContext(dataset=dataset, ds=start.date().isoformat(), interval_start=start, interval_end=end,
-                       params=params, run_id=str(getattr(dag_run, "run_id", None) or context.get("run_id") or "manual"))
-
-
-def default_context_builder(context: Any, dataset: str, step: str) -> StepContext:
-    try:
-        from leptonflow_airflow.context import context_from_airflow
-    except ImportError:
-        return _inline_context(context, dataset, step)
-    return context_from_airflow(context, dataset, step)
 
 
 def describe_plan(plan: dict[str, Any]) -> str:
@@ -71,53 +56,56 @@ class ResourceForecastSensor(BaseSensorOperator):
     template_fields = ("dataset", "stage")
     ui_color = "#d9f0ff"
 
-    def __init__(self, *, dataset: str, stage: str = "clean", cluster: dict[str, Any] | None = None,
-                 poll_interval: float = 5.0, ready_timeout: float = 900.0,
-                 context_builder: Callable[[Any, str, str], StepContext] | None = None, **kwargs: Any):
+    def __init__(self, *, dataset: str, stage: str = "clean",
+                 cluster_conn_id: str = DaskClusterHook.default_conn_name, poll_interval: float = 5.0,
+                 ready_timeout: float = 900.0, context_builder: Callable[[Any, str, str], StepContext] | None = None,
+                 **kwargs: Any):
+        """`cluster_conn_id`: the Connection whose backend the plan is applied to (and the trigger waits on);
+        `context_builder`: how the StepContext is made from the Airflow context (default
+        ``context_from_airflow``); its ``cluster`` is replaced by the `cluster_conn_id` backend."""
         super().__init__(**kwargs)
         if stage not in PLANNERS:
             raise ValueError(f"ResourceForecastSensor: stage {stage!r} is not one of {sorted(PLANNERS)}")
         self.dataset = dataset
         self.stage = stage
-        self.cluster = cluster
+        self.cluster_conn_id = cluster_conn_id
         self.poll_interval = poll_interval
         self.ready_timeout = ready_timeout
-        self.context_builder = context_builder or default_context_builder
+        self.context_builder = context_builder or context_from_airflow
 
     def poke(self, context: Any) -> bool:
         # execute() is overridden: the wait happens in ClusterReadyTrigger, never by poking
         raise RuntimeError("ResourceForecastSensor waits by deferring; poke() is not used")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from tasks.resources import cluster as clusters
         from tasks.resources import forecast
+        from tasks.resources.cluster import backend_for
+
         ctx = self.context_builder(context, self.dataset, f"plan_{self.stage}")
-        if self.cluster is not None:
-            ctx.cluster = dict(self.cluster)
+        ctx.cluster = cluster_config(self.cluster_conn_id)
+        backend = backend_for(ctx.cluster)
         plan = getattr(forecast, PLANNERS[self.stage])(ctx)
         self.log.info("plan %s", describe_plan(plan))
-        config = dict(ctx.cluster or {"backend": "local"})
-        backend = config.get("backend", "local")
-        if self.stage == "train" or backend == "local":
+        if self.stage == "train" or not backend.has_standing_cluster:
             return plan  # nothing standing to resize or wait for
-        want = int(plan["workers"])
-        if backend == "address" and config.get("max_workers"):
-            want = min(want, int(config["max_workers"]))
-        if clusters.resize(config, want):
-            self.log.info("resized %s cluster to %d workers", backend, want)
-        have = clusters.current_workers(config)
+        want = backend.target_workers(plan)
+        if backend.resize(plan):
+            self.log.info("resized %s cluster to %d workers", backend.name, want)
+        have = backend.current_workers()
         if have >= want:
             self.log.info("cluster already has %d/%d workers", have, want)
             return plan
         self.defer(
-            trigger=ClusterReadyTrigger(cluster=config, workers=want, plan=plan, poll_interval=self.poll_interval,
-                                        timeout=self.ready_timeout),
+            trigger=ClusterReadyTrigger(conn_id=self.cluster_conn_id, workers=want, plan=plan,
+                                        poll_interval=self.poll_interval, timeout=self.ready_timeout),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.ready_timeout + 60),
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
         event = event or {}
+        if event.get("status") == "error":
+            raise RuntimeError(f"could not wait for the cluster: {event.get('error')}")
         if event.get("status") != "ready":
             raise RuntimeError(
                 f"cluster did not reach {event.get('wanted')} workers in {event.get('waited_s')}s "

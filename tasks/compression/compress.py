@@ -447,15 +447,17 @@ def load_split(lake: Lake, split_m: Manifest, group: str, stats: dict[str, Any],
 
 
 def _params(ctx: Any) -> dict[str, Any]:
+    """The compress step's settings (all of them change its output, so they are its cache key too)."""
     return {
-        "compress_budget": float(ctx.param("compress_budget", DEFAULT_BUDGET)),
-        "compress_ratios": [float(r) for r in ctx.param("compress_ratios", list(DEFAULT_RATIOS))],
-        "compress_backends": list(ctx.param("compress_backends", list(DEFAULT_BACKENDS))),
-        "compress_finetune_epochs": int(ctx.param("compress_finetune_epochs", 2)),
-        "compress_max_train_rows": int(ctx.param("compress_max_train_rows", 200_000)),
-        "compress_max_eval_rows": int(ctx.param("compress_max_eval_rows", 500_000)),
-        "compress_latency_repeats": int(ctx.param("compress_latency_repeats", 30)),
-        "seed": int(ctx.param("seed", 0)),
+        **ctx.cache_params(__name__),
+        "compress_budget": ctx.param("compress_budget"),
+        "compress_ratios": ctx.param("compress_ratios"),
+        "compress_backends": ctx.param("compress_backends"),
+        "compress_finetune_epochs": ctx.param("compress_finetune_epochs"),
+        "compress_max_train_rows": ctx.param("compress_max_train_rows"),
+        "compress_max_eval_rows": ctx.param("compress_max_eval_rows"),
+        "compress_latency_repeats": ctx.param("compress_latency_repeats"),
+        "seed": ctx.param("seed"),
     }
 
 

@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 @cache
-def _source_path(module: str) -> Path | None:
+def source_path(module: str) -> Path | None:
     """The file of a ``tasks`` module (found on disk, without importing it), or None if it is not one."""
     parts = module.split(".")
     if parts[0] != ROOT_PACKAGE:
@@ -49,7 +49,7 @@ def _imported(module: str, source: str, is_package: bool) -> set[str]:
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
-    return {name for name in found if name.split(".")[0] == ROOT_PACKAGE and _source_path(name) is not None}
+    return {name for name in found if name.split(".")[0] == ROOT_PACKAGE and source_path(name) is not None}
 
 
 def imported_modules(module: str) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ def imported_modules(module: str) -> tuple[str, ...]:
         name = todo.pop()
         if name in seen:
             continue
-        path = _source_path(name)
+        path = source_path(name)
         if path is None:
             raise ModuleNotFoundError(f"code_version: no source for module {name!r}")
         seen.add(name)
@@ -76,6 +76,6 @@ def code_version(*modules: str) -> str:
     h = hashlib.sha256()
     for name in names:
         h.update(name.encode() + b"\0")
-        h.update(_source_path(name).read_bytes())
+        h.update(source_path(name).read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]

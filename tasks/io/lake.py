@@ -31,6 +31,7 @@ import fsspec
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+GC_GRACE_S = 300.0  # seconds an unreferenced version folder is kept (a writer may still be filling it)
 TASKS_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -134,7 +135,7 @@ class Lake:
         self.url = str(root)
         # Superseded versions are deleted only once older than this, so a concurrent run of the
         # same interval that is still reading the version it started with is not pulled from under.
-        self.gc_grace_s = float(os.environ.get("LEPTONFLOW_GC_GRACE_S", 300) if gc_grace_s is None else gc_grace_s)
+        self.gc_grace_s = GC_GRACE_S if gc_grace_s is None else float(gc_grace_s)
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.root = self.root.rstrip("/")
         self.signer = signer

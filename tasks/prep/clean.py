@@ -69,14 +69,6 @@ TARGET_FILE_BYTES = 128 << 20  # output files aim at ~128 MB
 CHUNK_ROWS = 1 << 20  # rows per map task (whole row groups)
 MERGE_FANIN = 8
 SHUFFLE_DIR = "_shuffle"  # map -> reduce exchange files, removed before the commit
-# Shuffle-file buffer compression (LEPTONFLOW_SHUFFLE_COMPRESSION=lz4|zstd): ~2x / ~3x smaller files, for a
-# disk-bound exchange; measured on the 2-core box, lz4 cost +4-7 s at 2 GB and saved ~5 s at 8 GB: off by default,
-# so reduces memory-map the plain buffers without a copy.
-SHUFFLE_COMPRESSION = os.environ.get("LEPTONFLOW_SHUFFLE_COMPRESSION", "") or None
-# Params that change the output (the cache key): DAG-wide Params of other steps must not invalidate clean.
-# ``rerun`` is a free tag: a new value forces a recompute.
-CACHE_PARAMS = ("encrypt", "partitions", "chunk_rows", "target_file_bytes", "rerun", "anomaly_check",
-                "anomaly_contamination", "anomaly_max_rate", "anomaly_policy", "anomaly_history_intervals")
 SRC_FILE, SRC_ROW, KEY_HASH = "_src_file", "_src_row", "_key_hash"
 Q_REASON, Q_FILE, Q_ROW = "_reason", "_source_file", "_source_row"
 _INT_RE = r"^[+-]?[0-9]{1,18}$"
@@ -258,6 +250,7 @@ class Job:
     files: tuple[str, ...] = ()  # lake-relative raw file paths, by file index
     anomaly: Any = None  # tasks.security.anomaly.AnomalyModel fitted on earlier intervals (None: no history yet)
     shuffle_dir: str = ""  # full URL of the map -> reduce exchange folder (inside the clean version folder)
+    shuffle_compression: str | None = None  # Arrow IPC buffer codec of the shuffle files (setting shuffle_compression)
 
 
 def _read_as_dictionary(spec: DatasetSpec) -> list[str]:
@@ -392,7 +385,7 @@ def clean_chunk(chunk: Chunk, job: Job) -> dict[str, Any]:
     arrays.append(pa.array(keep[by_part] + chunk.first_row, pa.int64()))
     arrays.append(pa.array(h[by_part], pa.uint64()))
     meta["shuffle"] = _write_shuffle(f"{job.shuffle_dir}/map-{chunk.index:05d}.arrow", arrays, bounds,
-                                     shuffle_schema(spec))
+                                     shuffle_schema(spec), job.shuffle_compression)
     meta["bytes_shuffled"] = meta["shuffle"]["bytes"]
     return meta
 
@@ -431,7 +424,8 @@ def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return pa.concat_tables(pieces) if pieces else _decoded(table.slice(0, 0))
 
 
-def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema: pa.Schema) -> dict[str, Any]:
+def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema: pa.Schema,
+                   compression: str | None = None) -> dict[str, Any]:
     """A map task's valid rows as an Arrow IPC file with one record batch per bucket.
 
     The shuffle goes through the lake's (shared) storage instead of worker memory: the
@@ -444,7 +438,7 @@ def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema:
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     local = is_local(fs)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
-    options = pa.ipc.IpcWriteOptions(compression=SHUFFLE_COMPRESSION)
+    options = pa.ipc.IpcWriteOptions(compression=compression)
     with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, \
             pa.ipc.new_file(sink, schema, options=options) as writer:
         for j in range(len(bounds) - 1):
@@ -736,7 +730,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise CleanError(f"no raw files for {ctx.dataset} ds={ctx.ds} under {where}")
     start_us = int(ctx.interval_start.timestamp() * 1_000_000)
     end_us = int(ctx.interval_end.timestamp() * 1_000_000)
-    params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
+    params = ctx.cache_params(__name__)
     fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us, _anomaly_history(ctx))
     code = code_version(__name__)
     hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)
@@ -744,16 +738,17 @@ def run(ctx: StepContext) -> dict[str, Any]:
         log.info("clean %s ds=%s: cache hit (version %s)", ctx.dataset, ctx.ds, hit.version)
         return {"cache_hit": True, "version": hit.version, **hit.extra.get("result", {})}
 
-    chunks, total_rows, total_bytes = _inspect(lake, files, spec, int(ctx.param("chunk_rows", CHUNK_ROWS)))
-    n_buckets = int(ctx.param("partitions", 0)) or max(
-        1, math.ceil(total_bytes / int(ctx.param("target_file_bytes", TARGET_FILE_BYTES))))
+    chunks, total_rows, total_bytes = _inspect(lake, files, spec, int(ctx.param("chunk_rows")))
+    n_buckets = int(ctx.param("partitions")) or max(
+        1, math.ceil(total_bytes / int(ctx.param("target_file_bytes"))))
     crypto = ctx.crypto()
     model = _anomaly_model(ctx)
     cver, cdir = lake.new_version("clean", ctx.dataset, ctx.ds)
     qver, qdir = lake.new_version("quarantine", ctx.dataset, ctx.ds)
     files_rel = tuple(_rel(lake, p) for p in files)
     job = Job(spec, start_us, end_us, n_buckets, lake.full_url(cdir), lake.full_url(qdir), cver, qver, crypto,
-              files_rel, model, lake.full_url(f"{cdir}/{SHUFFLE_DIR}"))
+              files_rel, model, lake.full_url(f"{cdir}/{SHUFFLE_DIR}"),
+              None if ctx.param("shuffle_compression") == "none" else ctx.param("shuffle_compression"))
     log.info("clean %s ds=%s: %d files, %d rows, %.1f MB -> %d map tasks, %d dedupe buckets",
              ctx.dataset, ctx.ds, len(files), total_rows, total_bytes / 1e6, len(chunks), n_buckets)
     try:
@@ -832,18 +827,16 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 def _anomaly_history(ctx: StepContext) -> list[tuple[str, str]]:
     """The committed earlier intervals the anomaly model learns from: part of the input fingerprint."""
-    if not ctx.param("anomaly_check", True):
+    if not ctx.param("anomaly_check"):
         return []
-    from tasks.security.anomaly import DEFAULTS
-
-    n = int(ctx.param("anomaly_history_intervals", DEFAULTS["anomaly_history_intervals"]))
+    n = int(ctx.param("anomaly_history_intervals"))
     earlier = [d for d in ctx.lake.intervals("clean", ctx.dataset) if d < ctx.ds][-n:]
     return [(d, ctx.lake.require("clean", ctx.dataset, d).version) for d in earlier]
 
 
 def _anomaly_model(ctx: StepContext) -> Any:
     """IsolationForest fitted on earlier committed intervals, unless Param `anomaly_check` is off."""
-    if not ctx.param("anomaly_check", True):
+    if not ctx.param("anomaly_check"):
         return None
     from tasks.security import anomaly  # lazy: scikit-learn only when there is history to fit
     return anomaly.fit_for_context(ctx)

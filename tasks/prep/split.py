@@ -133,7 +133,6 @@ def assign(values: pa.Array | pa.ChunkedArray, spec: DatasetSpec) -> np.ndarray:
     return codes[values.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)]
 
 
-CACHE_PARAMS = ("encrypt", "rerun")  # params that change the output; ``rerun`` is a free tag forcing a recompute
 
 class SplitError(RuntimeError):
     """The interval cannot be split; the message says why."""
@@ -156,7 +155,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if not stats or rows["train"] == 0:
         raise SplitError(f"{ctx.dataset} ds={ctx.ds}: no rows fell into train (ratios {spec.split}); "
                          "cannot fit feature statistics")
-    params = {k: ctx.params[k] for k in CACHE_PARAMS if k in ctx.params}
+    params = ctx.cache_params(__name__)
     fp = fingerprint(Lake.manifests_fingerprint(clean), spec.fingerprint())
     code = code_version(__name__)
     hit = lake.cache_hit("split", ctx.dataset, ctx.ds, fp, code, params)

@@ -14,8 +14,8 @@ atomic write (``os.replace`` locally, a single PUT on object stores). A reader o
 is derived from the inputs (compressed manifest digest, params, code), so re-running
 an interval republishes nothing and just re-verifies.
 
-Storage options (endpoint, credentials) come from the Param ``artifacts_storage_options``
-or the env var ``LEPTONFLOW_ARTIFACTS_OPTIONS`` (a JSON object passed to fsspec, e.g.
+Storage options (endpoint, credentials) come from the ``leptonflow_artifacts`` Connection's
+extra or the env var ``LEPTONFLOW_ARTIFACTS_OPTIONS`` (a JSON object passed to fsspec, e.g.
 ``{"endpoint_url": "http://127.0.0.1:9000"}`` for an S3-compatible server); fsspec's own
 ``FSSPEC_S3_ENDPOINT_URL`` style variables work too. Secrets never enter the manifest.
 
@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
 FORMAT = "leptonflow-artifact/1"
-_SECRET_HINTS = ("key", "secret", "password", "token", "credential")
 
 
 class ArtifactError(RuntimeError):
@@ -58,21 +56,6 @@ class ArtifactError(RuntimeError):
 
 
 # ---- store access ------------------------------------------------------------------
-def storage_options(explicit: dict[str, Any] | None = None) -> dict[str, Any]:
-    if explicit:
-        return dict(explicit)
-    raw = os.environ.get("LEPTONFLOW_ARTIFACTS_OPTIONS", "")
-    if not raw:
-        return {}
-    try:
-        opts = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"LEPTONFLOW_ARTIFACTS_OPTIONS is not a JSON object: {exc}") from exc
-    if not isinstance(opts, dict):
-        raise ValueError("LEPTONFLOW_ARTIFACTS_OPTIONS must be a JSON object")
-    return opts
-
-
 @dataclass
 class Store:
     fs: fsspec.AbstractFileSystem
@@ -80,7 +63,7 @@ class Store:
 
     @classmethod
     def open(cls, url: str, options: dict[str, Any] | None = None) -> Store:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options(options))
+        fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         return cls(fs, root.rstrip("/"))
 
     @property
@@ -238,19 +221,6 @@ def _git_commit() -> str:
         return ""
 
 
-def _public_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Params minus anything that may hold a secret (by key name, at any depth; storage options entirely)."""
-
-    def scrub(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: scrub(x) for k, x in v.items() if not any(h in str(k).lower() for h in _SECRET_HINTS)}
-        if isinstance(v, list):
-            return [scrub(x) for x in v]
-        return v
-
-    return scrub({k: v for k, v in params.items() if k != "artifacts_storage_options"})
-
-
 def _lineage_entry(m: Manifest | None) -> dict[str, Any] | None:
     if m is None:
         return None
@@ -298,10 +268,10 @@ def run(ctx: Any) -> dict[str, Any]:
     lake: Lake = ctx.lake
     comp = lake.require("compressed", ctx.dataset, ctx.ds)
     stages = {s: lake.manifest(s, ctx.dataset, ctx.ds) for s in ("clean", "split", "model", "evaluation", "validation")}
-    name = str(ctx.param("model_name", ctx.dataset))
-    options = ctx.param("artifacts_storage_options") or None
+    name = ctx.param("model_name") or ctx.dataset
+    options = ctx.artifacts_options or None
     code = code_version(__name__)
-    params = _public_params(dict(ctx.params))
+    params = ctx.cache_params(__name__)
     version = f"{ctx.ds}-{fingerprint(comp.digest(), params, code)[:12]}"
 
     from tasks.compression.compress import read_verified as lake_read  # sha256-checked lake reads
@@ -361,6 +331,7 @@ def run(ctx: Any) -> dict[str, Any]:
 # ---- CLI -------------------------------------------------------------------------
 def verify_cli(argv: list[str]) -> int:
     """``python -m tasks verify-artifact URL [--keyring PATH] [--storage-options JSON]``."""
+    from tasks.context import Settings
     from tasks.security import keyring
     p = argparse.ArgumentParser(prog="python -m tasks verify-artifact")
     p.add_argument("url", help="artifact folder (models/<name>/<version>) or models/<name> to follow latest")
@@ -369,7 +340,8 @@ def verify_cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         ring = keyring.load(args.keyring, create=False)
-        result = verify_artifact(args.url, ring, json.loads(args.storage_options) if args.storage_options else None)
+        options = json.loads(args.storage_options) if args.storage_options else Settings.from_env().artifacts_options
+        result = verify_artifact(args.url, ring, options)
     except (ArtifactError, ManifestError, keyring.KeyError_, ValueError) as exc:
         print(f"verify-artifact: REFUSED: {exc}", file=sys.stderr)
         return 1

@@ -63,7 +63,7 @@ import numpy as np
 from sklearn.linear_model import HuberRegressor, LinearRegression
 
 from tasks.resources import history
-from tasks.resources.cluster import ClusterPlan
+from tasks.resources.cluster import ClusterPlan, backend_for
 
 log = logging.getLogger(__name__)
 
@@ -538,22 +538,6 @@ def forecast_volume(series: list[tuple[str, float]], target_ds: str) -> tuple[fl
 
 # ---- step functions -----------------------------------------------------------------------------
 
-def _int_param(ctx: Any, name: str, default: int) -> int:
-    value = ctx.param(name, default)
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Param {name} must be an integer, got {value!r}") from exc
-
-
-def _float_param(ctx: Any, name: str, default: float) -> float:
-    value = ctx.param(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Param {name} must be a number, got {value!r}") from exc
-
-
 def _raw_input(ctx: Any) -> tuple[float, int]:
     lake = ctx.lake
     files = lake.raw_files(ctx.dataset, ctx.ds)
@@ -561,35 +545,36 @@ def _raw_input(ctx: Any) -> tuple[float, int]:
 
 
 def plan_stage(ctx: Any, stage: str, input_bytes: float, partitions: int, volume_note: str,
-               max_default: int, deadline_default: float, fixed_workers: int | None = None,
+               max_default: int, fixed_workers: int | None = None,
                dask_step: bool = True) -> ClusterPlan:
     """`dask_step`: the step runs on the Dask cluster of ``ctx.cluster``; with the ``local`` backend its
     workers share this host, so the plan is capped at the host's CPUs (``tasks.resources.cluster.local.host_cpus``)."""
     host = None
-    if dask_step and ctx.cluster.get("backend", "local") == "local":
+    if dask_step and backend_for(ctx.cluster).is_local:
         from tasks.resources.cluster.local import host_cpus
 
         host = host_cpus()
     rows = history.runs(ctx.history_url, stage, ctx.dataset, success_only=True, limit=500)
-    partition_bytes = input_bytes / partitions if partitions else _float_param(
-        ctx, "partition_bytes", DEFAULT_PARTITION_BYTES)
-    quantile = _float_param(ctx, "forecast_quantile", QUANTILE)
+    partition_bytes = input_bytes / partitions if partitions else ctx.param("partition_bytes")
+    quantile = ctx.param("forecast_quantile")
+    deadline = ctx.param("clean_deadline_s") if stage == "clean" else ctx.param("train_deadline_s")
+    memory_quantile = ctx.param("forecast_memory_quantile")
     plan = make_plan(
         rows,
         input_bytes,
-        deadline_s=_float_param(ctx, f"{stage}_deadline_s", _float_param(ctx, "deadline_s", deadline_default)),
-        min_workers=fixed_workers or _int_param(ctx, "min_workers", 1),
-        max_workers=fixed_workers or _int_param(ctx, "max_workers", int(ctx.cluster.get("max_workers", max_default))),
-        threads_per_worker=_int_param(ctx, "threads_per_worker", 1),
-        memory_per_worker=_int_param(ctx, "memory_per_worker", int(ctx.cluster.get("worker_memory", 2 << 30))),
+        deadline_s=deadline or ctx.param("deadline_s"),
+        min_workers=fixed_workers or ctx.param("min_workers"),
+        max_workers=fixed_workers or ctx.param("max_workers") or int(ctx.cluster.get("max_workers", max_default)),
+        threads_per_worker=ctx.param("threads_per_worker"),
+        memory_per_worker=ctx.param("memory_per_worker") or int(ctx.cluster.get("worker_memory", 2 << 30)),
         partition_bytes=partition_bytes,
-        min_history=_int_param(ctx, "min_history", MIN_HISTORY),
+        min_history=ctx.param("min_history"),
         quantile=quantile,
-        memory_quantile=_float_param(ctx, "forecast_memory_quantile", quantile),
-        heuristic_bytes_per_s=_float_param(ctx, "heuristic_bytes_per_s", HEURISTIC_BYTES_PER_S),
-        memory_fraction=_float_param(ctx, "memory_fraction", MEMORY_FRACTION),
-        fallback_tolerance=_float_param(ctx, "fallback_tolerance", FALLBACK_TOLERANCE),
-        heuristic_overhead_s=_float_param(ctx, "heuristic_overhead_s", HEURISTIC_OVERHEAD_S),
+        memory_quantile=quantile if memory_quantile is None else memory_quantile,
+        heuristic_bytes_per_s=ctx.param("heuristic_bytes_per_s"),
+        memory_fraction=ctx.param("memory_fraction"),
+        fallback_tolerance=ctx.param("fallback_tolerance"),
+        heuristic_overhead_s=ctx.param("heuristic_overhead_s"),
         host_cpus=host,
         # tasks per phase come from the history's bytes per partition: history counts what the step ran
         # (clean: its chunks), which the raw file count seen here need not equal
@@ -610,7 +595,7 @@ def run_plan_clean(ctx: Any) -> dict[str, Any]:
             note = f"raw data not landed yet: input forecast {input_bytes:.3g} B ({how})"
         else:
             note = "raw data not landed and no volume history: sized for empty input"
-    plan = plan_stage(ctx, "clean", input_bytes, partitions, note, max_default=8, deadline_default=3600)
+    plan = plan_stage(ctx, "clean", input_bytes, partitions, note, max_default=8)
     history.record_plan(ctx.history_url, "clean", ctx.dataset, ctx.ds, plan.to_dict(), input_bytes, ctx.run_id)
     log.info("plan_clean %s ds=%s: %d x %d threads, %s (%s)", ctx.dataset, ctx.ds, plan.workers,
              plan.threads_per_worker, plan.predicted, plan.reason)
@@ -631,13 +616,8 @@ def run_plan_train(ctx: Any) -> dict[str, Any]:
     else:
         input_bytes, partitions = _raw_input(ctx)
         note = "no split manifest yet: input = raw files"
-    forced = ctx.param("train_nproc")
-    nproc = None
-    if forced not in (None, "", 0):
-        nproc = _int_param(ctx, "train_nproc", 1)
-        if nproc < 1:
-            raise ValueError(f"Param train_nproc must be >= 1, got {nproc}")
-    plan = plan_stage(ctx, "train", input_bytes, partitions, note, max_default=max_nproc, deadline_default=7200,
+    nproc = ctx.param("train_nproc")
+    plan = plan_stage(ctx, "train", input_bytes, partitions, note, max_default=max_nproc,
                       fixed_workers=nproc, dask_step=False)
     if nproc:
         plan.source, plan.reason = "param", f"Param train_nproc={nproc}; {plan.reason}"

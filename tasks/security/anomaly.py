@@ -43,17 +43,6 @@ log = logging.getLogger(__name__)
 
 REASON = "anomaly"
 UNSEEN_SHARE = 1e-6
-DEFAULTS = {
-    "anomaly_history_intervals": 7,
-    "anomaly_history_rows": 100_000,
-    "anomaly_row_groups_per_interval": 8,
-    "anomaly_min_history_rows": 500,
-    "anomaly_policy": "fail",
-    "anomaly_sample_rows": 200_000,
-    "anomaly_sample_row_groups": 32,
-}
-
-
 class AnomalyAlert(RuntimeError):
     """An interval's anomaly rate is over its limit; the message names dataset, interval and rates."""
 
@@ -182,9 +171,9 @@ def _feature_source_columns(spec: DatasetSpec) -> list[str]:
 def history_sample(ctx: Any) -> tuple[pd.DataFrame, list[str]]:
     """A bounded random sample of the committed clean rows of earlier intervals."""
     lake = ctx.lake
-    n_int = int(ctx.param("anomaly_history_intervals", DEFAULTS["anomaly_history_intervals"]))
-    budget = int(ctx.param("anomaly_history_rows", DEFAULTS["anomaly_history_rows"]))
-    max_rgs = int(ctx.param("anomaly_row_groups_per_interval", DEFAULTS["anomaly_row_groups_per_interval"]))
+    n_int = int(ctx.param("anomaly_history_intervals"))
+    budget = int(ctx.param("anomaly_history_rows"))
+    max_rgs = int(ctx.param("anomaly_row_groups_per_interval"))
     earlier = [d for d in lake.intervals("clean", ctx.dataset) if d < ctx.ds][-n_int:]
     if not earlier:
         return pd.DataFrame(), []
@@ -211,8 +200,8 @@ def score_committed(ctx: Any, model: AnomalyModel | None = None) -> dict[str, An
         return {"skipped": "no history", "rows": 0, "anomalies": 0, "rate": 0.0, "alert": False}
     lake = ctx.lake
     m = lake.require("clean", ctx.dataset, ctx.ds)
-    rows = int(ctx.param("anomaly_sample_rows", DEFAULTS["anomaly_sample_rows"]))
-    max_rgs = int(ctx.param("anomaly_sample_row_groups", DEFAULTS["anomaly_sample_row_groups"]))
+    rows = int(ctx.param("anomaly_sample_rows"))
+    max_rgs = int(ctx.param("anomaly_sample_row_groups"))
     rng = np.random.default_rng(_seed(ctx.dataset, ctx.ds, "interval"))
     parts = sample_manifest(lake, m, ctx.crypto(), model.columns, rows, max_rgs, rng)
     data = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.null()) for c in model.columns})
@@ -225,8 +214,8 @@ def score_committed(ctx: Any, model: AnomalyModel | None = None) -> dict[str, An
 
 def fit_for_context(ctx: Any) -> AnomalyModel | None:
     """The model for ctx's interval, or None when history is too small (first intervals)."""
-    contamination = float(ctx.param("anomaly_contamination", ctx.spec.anomaly.get("contamination", 0.01)))
-    min_rows = int(ctx.param("anomaly_min_history_rows", DEFAULTS["anomaly_min_history_rows"]))
+    contamination = float(ctx.param("anomaly_contamination"))
+    min_rows = int(ctx.param("anomaly_min_history_rows"))
     history, intervals = history_sample(ctx)
     if len(history) < min_rows:
         log.info("anomaly: %d history rows for %s ds=%s (< %d): no model yet", len(history), ctx.dataset, ctx.ds,
@@ -248,8 +237,8 @@ def split_partition(df: pd.DataFrame, model: AnomalyModel | None) -> tuple[pd.Da
 
 
 def _rule(ctx: Any) -> tuple[float, str]:
-    max_rate = float(ctx.param("anomaly_max_rate", ctx.spec.anomaly.get("max_rate", 0.05)))
-    policy = str(ctx.param("anomaly_policy", DEFAULTS["anomaly_policy"]))
+    max_rate = float(ctx.param("anomaly_max_rate"))
+    policy = str(ctx.param("anomaly_policy"))
     if policy not in ("fail", "warn"):
         raise ValueError(f"Param anomaly_policy must be 'fail' or 'warn', got {policy!r}")
     if not 0.0 <= max_rate <= 1.0:

@@ -177,15 +177,22 @@ def default_path() -> Path:
     return Path(home) / "keys" / "keyring.json"
 
 
-def load(path: str | Path | None = None, create: bool = True, use_env: bool = True) -> Keyring:
-    doc = os.environ.get("LEPTONFLOW_KEYRING_JSON") if use_env else None
+def load(path: str | Path | None = None, create: bool = True, use_env: bool = True,
+         document: str | None = None) -> Keyring:
+    """The keyring: `document` (a keyring JSON text) if given, else the file at `path`.
+
+    `use_env`: a process without a StepContext (a Dask worker, a training rank) finds the
+    keyring as its task left it: ``LEPTONFLOW_KEYRING_JSON``, else ``LEPTONFLOW_KEYRING``.
+    Steps pass what :class:`tasks.context.Settings` read instead.
+    """
+    doc = document or (os.environ.get("LEPTONFLOW_KEYRING_JSON") if use_env else None)
     if doc:
         try:
             parsed = json.loads(doc)
         except json.JSONDecodeError as exc:
             raise KeyError_(f"LEPTONFLOW_KEYRING_JSON is not valid JSON (line {exc.lineno})") from None
         return Keyring.from_doc(parsed)
-    path = Path(path or os.environ.get("LEPTONFLOW_KEYRING") or default_path())
+    path = Path(path or (os.environ.get("LEPTONFLOW_KEYRING") if use_env else None) or default_path())
     if not path.exists():
         if not create:
             raise KeyError_(f"no keyring at {path}")

@@ -219,7 +219,7 @@ def _anomaly_gate(ctx: Any, manifests: list[Manifest]) -> dict[str, Any] | None:
     interval, else an estimate from a bounded sample of the committed clean rows (Param
     ``anomaly_check``, default true)."""
     clean = next((m for m in manifests if m.stage == "clean"), None)
-    if clean is None or not ctx.param("anomaly_check", True):
+    if clean is None or not ctx.param("anomaly_check"):
         return None
     if isinstance(clean.extra.get("anomaly"), dict):
         return {"source": "clean", **clean.extra["anomaly"]}

@@ -174,8 +174,8 @@ def run(ctx: Any) -> dict[str, Any]:
     lake: Lake = ctx.lake
     model_m = lake.require("model", ctx.dataset, ctx.ds)
     split_m = lake.require("split", ctx.dataset, ctx.ds)
-    params = {"batch_size": int(ctx.param("eval_batch_size", 8192)), "bins": int(ctx.param("calibration_bins", 10)),
-              "encrypt": bool(ctx.param("encrypt", True))}
+    params = ctx.cache_params(__name__)
+    batch_size, bins = ctx.param("eval_batch_size"), ctx.param("calibration_bins")
     code = code_version(__name__)
     input_fp = Lake.manifests_fingerprint(model_m, split_m)
     hit = lake.cache_hit("evaluation", ctx.dataset, ctx.ds, input_fp, code, params)
@@ -188,13 +188,13 @@ def run(ctx: Any) -> dict[str, Any]:
     model, stats, config = load_model(ctx)
     task = stats["task"]
     urls = [lake.full_url(lake.abspath(split_m, f)) for f in test]
-    ds = StreamDataset(urls, stats, params["batch_size"], crypto=ctx.crypto(), shuffle=False)
+    ds = StreamDataset(urls, stats, batch_size, crypto=ctx.crypto(), shuffle=False)
     y, p = predict_batches(model, ds, task)
     version, vdir = lake.new_version("evaluation", ctx.dataset, ctx.ds)
     try:
         files = []
         if task == "classification":
-            metrics = classification_metrics(y, p, params["bins"])
+            metrics = classification_metrics(y, p, bins)
             files.append(lake.put_bytes(vdir, version, "reliability.png", _reliability_png(metrics["reliability"],
                                                                                       metrics["ece"])))
         else:

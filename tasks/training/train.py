@@ -39,26 +39,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import SettingError
 from tasks.io.code_version import code_version
 from tasks.io.lake import FileEntry, Lake, Manifest, ManifestError, fingerprint
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULTS: dict[str, Any] = {
-    "epochs": 5,
-    "batch_size": 512,  # the GLOBAL batch, split evenly over the ranks: results do not depend on nproc
-    "lr": 2e-3,
-    "hidden": "64,32",
-    "dropout": 0.1,
-    "weight_decay": 0.0,
-    "patience": 2,
-    "seed": 42,
-    "checkpoint_every": 200,  # steps
-    "train_workers": None,  # DataLoader worker processes per rank; None: 0 on CPU, up to 4 per GPU (auto_workers)
-    "shuffle_rows": 65536,
-    "log_every": 50,
-}
 RESULT = "result.json"
 _RUNNING: set[subprocess.Popen] = set()  # torchrun launchers of this process (for stop_running)
 
@@ -69,25 +56,24 @@ class TrainError(RuntimeError):
 
 # ============================================================================ the step (parent)
 def hparams_from(ctx: Any) -> dict[str, Any]:
-    hp = {k: v if ctx.param(k) is None else ctx.param(k) for k, v in DEFAULTS.items()}  # a None Param = default
-    for k in ("epochs", "batch_size", "patience", "seed", "checkpoint_every", "train_workers", "shuffle_rows",
-              "log_every"):
-        if k == "train_workers" and hp[k] is None:
-            continue
-        try:
-            hp[k] = int(hp[k])
-        except (TypeError, ValueError):
-            raise TrainError(f"Param {k} must be an integer, got {hp[k]!r}") from None
-    for k in ("lr", "dropout", "weight_decay"):
-        hp[k] = float(hp[k])
-    for k in ("epochs", "batch_size", "checkpoint_every", "log_every", "shuffle_rows"):
-        if hp[k] < 1:
-            raise TrainError(f"Param {k} must be >= 1, got {hp[k]}")
-    if hp["patience"] < 0 or (hp["train_workers"] or 0) < 0 or hp["lr"] <= 0:
-        raise TrainError(f"Params patience/train_workers must be >= 0 and lr > 0, got {hp}")
+    """The training settings of this run (typed and bounds-checked by :mod:`tasks.params`), hidden parsed.
+
+    ``batch_size`` is the GLOBAL batch, split evenly over the ranks, so results do not depend on nproc;
+    ``train_workers`` None means 0 DataLoader workers on CPU, up to 4 per GPU (:func:`auto_workers`).
+    """
     from tasks.training.model import parse_hidden
 
-    hp["hidden"] = parse_hidden(hp["hidden"])
+    hp = {
+        "epochs": ctx.param("epochs"), "batch_size": ctx.param("batch_size"), "lr": ctx.param("lr"),
+        "hidden": ctx.param("hidden"), "dropout": ctx.param("dropout"), "weight_decay": ctx.param("weight_decay"),
+        "patience": ctx.param("patience"), "seed": ctx.param("seed"), "checkpoint_every": ctx.param("checkpoint_every"),
+        "train_workers": ctx.param("train_workers"), "shuffle_rows": ctx.param("shuffle_rows"),
+        "log_every": ctx.param("log_every"),
+    }
+    try:
+        hp["hidden"] = parse_hidden(hp["hidden"])
+    except ValueError as exc:
+        raise SettingError("hidden", str(exc)) from None
     return hp
 
 
@@ -101,7 +87,7 @@ def placement(ctx: Any) -> tuple[int, str]:
     if device == "cuda" and not cuda:
         log.warning("the plan asks for cuda but no GPU is visible here: training on cpu")
         device = "cpu"
-    nproc = int(plan.get("nproc") or ctx.param("train_nproc", 0) or (torch.cuda.device_count() if cuda else 1))
+    nproc = int(plan.get("nproc") or ctx.param("train_nproc") or (torch.cuda.device_count() if cuda else 1))
     if device == "cuda" and nproc > torch.cuda.device_count():
         log.warning("nproc %d > %d visible GPUs: using one process per GPU", nproc, torch.cuda.device_count())
         nproc = torch.cuda.device_count()
@@ -210,7 +196,7 @@ def run(ctx: Any) -> dict[str, Any]:
         if not split.group_files(group):
             raise ManifestError(f"split/{ctx.dataset} ds={ctx.ds}: no files in group {group!r}")
     hp = hparams_from(ctx)
-    params = {**hp, "encrypt": bool(ctx.param("encrypt", True))}
+    params = ctx.cache_params(__name__)
     code = code_version(__name__)
     input_fp = Lake.manifests_fingerprint(split)
     metric_name, _ = primary_metric(stats["task"])

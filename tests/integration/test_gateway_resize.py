@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
-from leptonflow_airflow.sensors import ResourceForecastSensor, _inline_context
+from leptonflow_airflow.sensors import ResourceForecastSensor
 
 from tasks.resources import cluster as clusters
 from tasks.resources import history
@@ -68,7 +68,7 @@ print(json.dumps(out))
 """
 
 
-def test_sensor_scales_gateway_cluster_for_clean_then_down(lf_home, gateway_config):
+def test_sensor_scales_gateway_cluster_for_clean_then_down(lf_home, gateway_config, monkeypatch):
     lake = str(lf_home / "lake")
     ds = "2026-11-01"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -80,14 +80,16 @@ def test_sensor_scales_gateway_cluster_for_clean_then_down(lf_home, gateway_conf
     start = datetime.fromisoformat(ds).replace(tzinfo=UTC)
     context = {"params": {"min_workers": 2, "max_workers": 3, "deadline_s": 600}, "ds": ds,
                "data_interval_start": start, "data_interval_end": start + timedelta(days=1)}
-    sensor = ResourceForecastSensor(task_id="plan_clean", dataset="events", cluster=gateway_config,
-                                    context_builder=_inline_context, poll_interval=0.5, ready_timeout=180)
+    # the gateway config (with its password) is the dask_default Connection, as Airflow reads it
+    monkeypatch.setenv("AIRFLOW_CONN_DASK_DEFAULT", json.dumps({"conn_type": "generic", "extra": gateway_config}))
+    sensor = ResourceForecastSensor(task_id="plan_clean", dataset="events", poll_interval=0.5, ready_timeout=180)
     try:
         plan = sensor.execute(context)  # returns at once only if the workers were already up
     except TaskDeferred as deferred:
         classpath, kwargs = deferred.trigger.serialize()
         assert classpath == "leptonflow_airflow.triggers.ClusterReadyTrigger"
-        assert kwargs["cluster"]["backend"] == "gateway" and kwargs["workers"] == 2
+        assert kwargs["conn_id"] == "dask_default" and kwargs["workers"] == 2
+        assert gateway_config["password"] not in json.dumps(kwargs)  # the trigger's row holds no secret
         event = asyncio.run(_first_event(deferred.trigger))
         plan = sensor.execute_complete(context, event)
     assert plan["workers"] == 2 and plan["input_bytes"] > 0

@@ -40,7 +40,7 @@ def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):
     model = train_toy(ToyTabular(hidden=(32, 16)), *tr, epochs=2)
     data = {k: compress.TabularData.from_numpy(*d) for k, d in {"train": tr, "val": va, "test": te}.items()}
     ctx = StepContext(dataset="events", ds=DS, artifacts_url="s3://models/prod",
-                      params={"artifacts_storage_options": options, "seed": 0})
+                      artifacts_options=options, params={"seed": 0})
     params = {"compress_budget": 0.02, "compress_ratios": [0.5],
               "compress_backends": ["int8-ts", "fp32-onnx", "int8-onnx"], "compress_finetune_epochs": 1,
               "compress_max_train_rows": 1500, "compress_latency_repeats": 3, "seed": 0}
@@ -54,7 +54,7 @@ def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):
     assert f"prod/models/events/{res['version']}/model.ts" in keys
     manifest = client.get_object(Bucket="models", Key=f"prod/models/events/{res['version']}/manifest.json")
     text = manifest["Body"].read().decode()
-    assert "artifacts_storage_options" not in text and '"secret"' not in text  # credentials never published
+    assert "endpoint_url" not in text and '"secret"' not in text  # credentials never published
     latest = json.loads(client.get_object(Bucket="models", Key="prod/models/events/latest.json")["Body"].read())
     assert latest["version"] == res["version"]
     assert "endpoint_url" not in json.dumps(latest)

@@ -205,7 +205,7 @@ def test_cache_hit_does_no_work_and_param_change_replaces(tmp_path, dask_address
     # a cache hit must not even need a cluster
     assert clean.run(_ctx(tmp_path, "tcp://127.0.0.1:1"))["cache_hit"] is True
     # Params of other steps (DAG-wide) do not invalidate clean
-    assert clean.run(_ctx(tmp_path, dask_address, epochs=5, train_lr=0.1))["cache_hit"] is True
+    assert clean.run(_ctx(tmp_path, dask_address, epochs=5, lr=0.1))["cache_hit"] is True
     changed = clean.run(_ctx(tmp_path, dask_address, partitions=2))
     assert changed["cache_hit"] is False and changed["files_out"] == 6 and changed["buckets"] == 2  # x 3 splits
     assert not (tmp_path / "lake/clean/events" / f"ds={DS}" / f"v={first['clean_version']}").exists()

@@ -12,6 +12,7 @@ import pytest
 
 from tasks.compression import compress
 from tasks.context import StepContext
+from tasks.errors import SettingError
 from tasks.io.lake import FileEntry, Manifest
 from tasks.publishing import publish
 from tasks.publishing.publish import ArtifactError
@@ -62,7 +63,7 @@ def published(lf_home, template_home):
         shutil.copytree(template_home / sub, lf_home / sub)
     upstream = {"validate_raw": {"success": True, "evaluated": 12}, "plan_train": {"nproc": 1, "device": "cpu"}}
     ctx = StepContext(dataset="events", ds=DS, upstream=upstream,
-                      params={"seed": 0, "api_key": "hunter2", "extra": {"db": {"password": "hunter3", "port": 5}}})
+                      params={"seed": 0})
     return ctx, publish.run(ctx)
 
 
@@ -83,10 +84,7 @@ def test_publish_writes_signed_manifest_with_lineage(published):
     assert (adir / "validation" / "clean" / "index.html").read_bytes().startswith(b"<html>clean suite")
     assert doc["lineage"]["plans"]["plan_train"] == {"nproc": 1, "device": "cpu"}
     assert doc["lineage"]["interval"]["ds"] == DS and doc["code"]["version"]
-    assert "api_key" not in doc["params"] and doc["params"]["seed"] == 0  # secrets never in the manifest
-    text = (adir / "manifest.json").read_text()
-    assert "hunter2" not in text and "hunter3" not in text
-    assert doc["params"]["extra"] == {"db": {"port": 5}}
+    assert doc["params"]["seed"] == 0 and doc["params"]["compress_budget"] == 0.01  # the settings it depends on
     for rel, meta in doc["files"].items():
         assert (adir / rel).stat().st_size == meta["bytes"]
     assert {"model.ts", "MODEL_CARD.md", "compression.png", "compression.md"} <= set(doc["files"])
@@ -208,3 +206,13 @@ def test_python_m_tasks_verify_artifact_exit_codes(published):
     bad = subprocess.run([sys.executable, "-m", "tasks", "verify-artifact", res["artifact_url"]], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "compression.png" in bad.stderr
+
+
+def test_an_undeclared_param_is_refused_before_publishing(lf_home, template_home):
+    """Only declared settings reach a step (and its manifest): a stray secret in dag_run.conf is an error."""
+    for sub in ("lake", "keys"):
+        shutil.copytree(template_home / sub, lf_home / sub)
+    ctx = StepContext(dataset="events", ds=DS, params={"seed": 0, "api_key": "hunter2"})
+    with pytest.raises(SettingError, match="setting api_key: is not a leptonflow setting"):
+        publish.run(ctx)
+    assert not (lf_home / "artifacts").exists() or not any((lf_home / "artifacts").rglob("manifest.json"))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks import params
 from tasks.context import StepContext
+from tasks.errors import SettingError
 from tasks.io.lake import ManifestError
-from tasks.training.train import DEFAULTS, TrainError, auto_workers, hparams_from, placement, run
+from tasks.training.train import auto_workers, hparams_from, placement, run
 
 
 def ctx(params=None, plan=None) -> StepContext:
@@ -17,11 +19,11 @@ def ctx(params=None, plan=None) -> StepContext:
 
 def test_hparams_defaults_none_params_and_errors():
     hp = hparams_from(ctx({"epochs": 7, "hidden": 128, "lr": "0.01", "seed": None}))
-    assert hp["epochs"] == 7 and hp["hidden"] == [128] and hp["lr"] == 0.01 and hp["seed"] == DEFAULTS["seed"]
+    assert hp["epochs"] == 7 and hp["hidden"] == [128] and hp["lr"] == 0.01 and hp["seed"] == params.get("seed").default
     assert hp["train_workers"] is None and hparams_from(ctx({"train_workers": "2"}))["train_workers"] == 2
-    with pytest.raises(TrainError, match="Param batch_size must be an integer"):
+    with pytest.raises(SettingError, match="setting batch_size: must be an integer"):
         hparams_from(ctx({"batch_size": "big"}))
-    with pytest.raises(TrainError, match="Param epochs must be >= 1"):
+    with pytest.raises(SettingError, match="setting epochs: must be >= 1"):
         hparams_from(ctx({"epochs": 0}))
 
 

@@ -265,7 +265,7 @@ def test_quarantine_policy_still_raises_on_schema_failure(tmp_path, addr):
 
 def test_bad_policy_and_cache_hit(tmp_path, addr):
     raw_day(tmp_path, rows=3_000)
-    with pytest.raises(ValueError, match="validation_policy='strict'"):
+    with pytest.raises(ValueError, match="setting validation_policy: must be one of fail, warn, quarantine"):
         run_raw(context(tmp_path, DS, addr, validation_policy="strict"))
     first = run_raw(context(tmp_path, DS, addr))
     again = run_raw(context(tmp_path, DS, addr))

@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tasks.resources.cluster import BACKENDS, ClusterBackend
+
 log = logging.getLogger(__name__)
 
 
@@ -34,14 +36,23 @@ def surplus(n_workers: int, n_idle: int, remaining: int, min_workers: int = 1) -
     return max(0, min(int(n_idle), int(n_workers) - keep))
 
 
-def _kind(cluster: Any) -> str:
-    if cluster is None:
-        return "address"
-    if hasattr(cluster, "worker_spec"):
-        return "local"  # distributed.SpecCluster (LocalCluster)
-    if type(cluster).__module__.startswith("dask_gateway"):
-        return "gateway"
-    return "other"
+def backend_class_of(cluster: Any) -> type[ClusterBackend] | None:
+    """The backend class that manages `cluster` (a client's ``.cluster``; None for an address client)."""
+    return next((cls for cls in BACKENDS.values() if cls.manages(cluster)), None)
+
+
+def _idle_least_data_first(client: Any, nthreads: dict[str, int], keep: int) -> tuple[list[str], dict[str, Any]]:
+    """The idle workers beyond the `keep` still needed, least data first; and the scheduler's worker info."""
+    processing = client.processing()
+    idle = [a for a in nthreads if not processing.get(a)]
+    k = surplus(len(nthreads), len(idle), keep, min_workers=0)
+    info = client.scheduler_info(n_workers=-1).get("workers", {})
+
+    def held(addr: str) -> float:  # least data first: the cheapest to move off
+        m = info.get(addr, {}).get("metrics", {})
+        return float(m.get("managed_bytes", m.get("memory", 0)) or 0)
+
+    return sorted(idle, key=lambda a: (held(a), a))[:k], info
 
 
 def release_on_drain(client: Any, remaining: int, min_workers: int = 1) -> list[str]:
@@ -50,34 +61,19 @@ def release_on_drain(client: Any, remaining: int, min_workers: int = 1) -> list[
     Cheap when nothing is to be released (one ``nthreads`` call). Errors are logged, never raised:
     releasing is an optimisation and must not fail the step.
     """
-    cluster = getattr(client, "cluster", None)
-    kind = _kind(cluster)
-    if kind not in ("local", "gateway"):
+    backend = backend_class_of(getattr(client, "cluster", None))
+    if backend is None or not backend.releases_workers:
         return []
     try:
         nthreads = client.nthreads()
         if len(nthreads) <= max(min_workers, remaining):
             return []
-        processing = client.processing()
-        idle = [a for a in nthreads if not processing.get(a)]
-        k = surplus(len(nthreads), len(idle), remaining, min_workers)
-        if not k:
+        chosen, info = _idle_least_data_first(client, nthreads, max(int(min_workers), int(remaining)))
+        if not chosen:
             return []
-        info = client.scheduler_info(n_workers=-1).get("workers", {})
-
-        def held(addr: str) -> float:  # least data first: the cheapest to move off
-            m = info.get(addr, {}).get("metrics", {})
-            return float(m.get("managed_bytes", m.get("memory", 0)) or 0)
-
-        chosen = sorted(idle, key=lambda a: (held(a), a))[:k]
-        if kind == "local":
-            names = [info[a]["name"] for a in chosen if a in info]
-            client.retire_workers(workers=chosen, close_workers=True, remove=True)
-            cluster.sync(cluster.scale_down, names)
-        else:
-            cluster.scale(len(nthreads) - k)
+        backend.release(client, chosen, len(nthreads), info)
         log.info("release on drain: %d unfinished tasks on %d workers, released %d idle (%s backend)",
-                 remaining, len(nthreads), len(chosen), kind)
+                 remaining, len(nthreads), len(chosen), backend.name)
         return chosen
     except Exception as exc:  # noqa: BLE001 - the step goes on with the workers it has
         log.warning("release on drain failed (%s: %s); keeping the workers", type(exc).__name__, exc)

@@ -11,8 +11,9 @@ Config keys (from the ``dask_default`` Airflow Connection or ``--cluster`` JSON)
                      for workers (default 300), ``scale_down_to`` workers to leave after a step (default:
                      leave the size as it is, the next plan decides).
 
-The forecast sensor calls :func:`resize` from its own process and waits with :func:`current_workers`;
-the step then calls :func:`connect`, which only grows the cluster (never shrinks it under another job).
+:class:`GatewayBackend` is the backend; the module functions below are its implementation, usable on
+their own with a config dict. The forecast sensor resizes the cluster from its own process and waits
+for the workers; the step then connects, which only grows the cluster (never shrinks it under another job).
 """
 
 from __future__ import annotations
@@ -20,33 +21,40 @@ from __future__ import annotations
 import getpass
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from distributed import Client
 
-from tasks.resources.cluster import ClusterPlan
+from tasks.resources.cluster.backend import ClusterBackend, ClusterBackendError, ClusterPlan, as_plan
+
+AUTH_KINDS = ("simple", "jupyterhub", "none")
 
 log = logging.getLogger(__name__)
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise ClusterBackendError when `config` lacks the gateway's address or names an unknown auth."""
+    if not config.get("address"):
+        raise ClusterBackendError("Dask backend 'gateway' needs an 'address' such as http://127.0.0.1:8000")
+    kind = str(config.get("auth") or "simple").lower()
+    if kind not in AUTH_KINDS:
+        raise ClusterBackendError(f"gateway auth {kind!r} is not one of {', '.join(AUTH_KINDS)}")
 
 
 def _gateway(config: dict[str, Any]):
     from dask_gateway import BasicAuth, Gateway, JupyterHubAuth
 
-    address = config.get("address")
-    if not address:
-        raise ValueError("Dask backend 'gateway' needs an 'address' such as http://127.0.0.1:8000")
-    kind = (config.get("auth") or "simple").lower()
+    check_config(config)
+    kind = str(config.get("auth") or "simple").lower()
     if kind == "simple":
         auth: Any = BasicAuth(username=config.get("username") or getpass.getuser(), password=config.get("password"))
     elif kind == "jupyterhub":
         auth = JupyterHubAuth(api_token=config.get("api_token"))
-    elif kind == "none":
-        auth = None
     else:
-        raise ValueError(f"gateway auth {kind!r} is not one of simple, jupyterhub, none")
-    return Gateway(address=address, proxy_address=config.get("proxy_address"), auth=auth)
+        auth = None
+    return Gateway(address=config["address"], proxy_address=config.get("proxy_address"), auth=auth)
 
 
 @contextmanager
@@ -74,7 +82,7 @@ def _find_or_create(gw: Any, config: dict[str, Any]) -> Any:
         try:
             return gw.connect(name, shutdown_on_close=False)
         except ValueError as exc:
-            raise ValueError(f"gateway {config['address']}: no cluster named {name!r}: {exc}") from exc
+            raise ClusterBackendError(f"gateway {config['address']}: no cluster named {name!r}: {exc}") from exc
     running = sorted(gw.list_clusters(), key=lambda r: (r.start_time is None, r.start_time, r.name))
     if running:
         return gw.connect(running[0].name, shutdown_on_close=False)
@@ -97,7 +105,7 @@ def cluster_name(config: dict[str, Any]) -> str:
 def resize(config: dict[str, Any], workers: int) -> str:
     """Ask the gateway for `workers` workers on the shared cluster; returns the cluster's id. Does not wait."""
     if workers < 0:
-        raise ValueError(f"gateway resize: workers must be >= 0, got {workers}")
+        raise ClusterBackendError(f"gateway resize: workers must be >= 0, got {workers}")
     with _open(config) as gw:
         cluster = _find_or_create(gw, config)
         cluster.scale(workers)
@@ -148,3 +156,38 @@ def connect(config: dict[str, Any], plan: ClusterPlan) -> Iterator[Client]:
                     cluster.scale(int(config["scale_down_to"]))
         finally:
             _release(cluster)
+
+
+class GatewayBackend(ClusterBackend):
+    """One shared dask-gateway cluster, resized to each plan; it outlives the steps that use it."""
+
+    name = "gateway"
+    secret_keys = frozenset({"password", "api_token"})
+    releases_workers = True
+
+    def validate(self) -> None:
+        check_config(self.config)
+
+    @property
+    def supports_scaling(self) -> bool:
+        return True
+
+    def resize(self, plan: ClusterPlan | Mapping[str, Any] | None) -> bool:
+        resize(self.config, self.target_workers(plan))
+        return True
+
+    def current_workers(self) -> int:
+        return current_workers(self.config)
+
+    def _client(self, plan: ClusterPlan) -> AbstractContextManager[Client]:
+        return connect(self.config, as_plan(plan))
+
+    @classmethod
+    def manages(cls, cluster: Any) -> bool:
+        return type(cluster).__module__.startswith("dask_gateway")
+
+    @classmethod
+    def release(cls, client: Client, chosen: list[str], n_workers: int, info: Mapping[str, Any]) -> None:
+        """Scale the gateway cluster down by ``len(chosen)``: its scheduler retires the workers
+        ``Scheduler.workers_to_close`` picks (idle, least data first)."""
+        client.cluster.scale(n_workers - len(chosen))
