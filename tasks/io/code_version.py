@@ -35,7 +35,7 @@ def source_path(module: str) -> Path | None:
     return None
 
 
-def _imported(module: str, source: str, is_package: bool) -> set[str]:
+def imported_by(module: str, source: str, is_package: bool) -> set[str]:
     """Dotted names of the ``tasks`` modules that `source` (the text of `module`) imports."""
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
@@ -66,7 +66,7 @@ def imported_modules(module: str) -> tuple[str, ...]:
         seen.add(name)
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run first
-        todo.extend(_imported(name, path.read_text(), path.name == "__init__.py") - seen)
+        todo.extend(imported_by(name, path.read_text(), path.name == "__init__.py") - seen)
     return tuple(sorted(seen))
 
 

@@ -196,7 +196,7 @@ def run(ctx: Any) -> dict[str, Any]:
             version=version,
             input_fingerprint=Lake.manifests_fingerprint(*manifests),
             code_version=code_version(__name__),
-            params={"encrypt": crypto is not None},
+            params=ctx.cache_params(__name__),
             extra={"checked": checked, "absent": absent, "anomaly": anomaly_result},
         )
     )

@@ -126,7 +126,7 @@ def publish(
     prev = lake.manifest(STAGE, dataset, ds)
     keep = [f for f in (prev.files if prev else []) if not f.path.startswith(f"{kind}/")]
     suites = dict(prev.extra.get("suites", {})) if prev else {}
-    suites[kind] = {**summary, **(suite_extra or {}), "input_fingerprint": fingerprint}
+    suites[kind] = {**summary, **(suite_extra or {}), "input_fingerprint": fingerprint, "params": params}
     # Pages live in fixed <kind>/ folders (the Data Docs link must be stable), so the version
     # is only an id here: there is no v=<version>/ folder for commit() to discard.
     version = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]

@@ -175,7 +175,7 @@ def _finish(
         outcome.result,
         summary,
         fingerprint,
-        {"validation_policy": policy},
+        ctx.cache_params(__name__),
         extra_files=extra_files,
         suite_extra=suite_extra,
         gx_page=bool(ctx.param("gx_data_docs")),
@@ -206,17 +206,17 @@ def _apply_policy(summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _cached(ctx: StepContext, kind: str, fingerprint: str, policy: str) -> dict[str, Any] | None:
+def _cached(ctx: StepContext, kind: str, fingerprint: str) -> dict[str, Any] | None:
     m = ctx.lake.manifest(datadocs.STAGE, ctx.dataset, ctx.ds)
     if m is None or m.code_version != code_version(__name__):
         return None
     prev = m.extra.get("suites", {}).get(kind)
-    if not prev or prev.get("input_fingerprint") != fingerprint or prev.get("policy") != policy:
+    if not prev or prev.get("input_fingerprint") != fingerprint or prev.get("params") != ctx.cache_params(__name__):
         return None
     if not all(ctx.lake.fs.exists(ctx.lake.abspath(m, f)) for f in m.files if f.path.startswith(f"{kind}/")):
         return None
-    log.info("validation %s of %s ds=%s: cache hit (same input, suite, code and policy)", kind, ctx.dataset, ctx.ds)
-    hidden = ("input_fingerprint", "profile_of", "profile_key")
+    log.info("validation %s of %s ds=%s: cache hit (same input, suite, code and settings)", kind, ctx.dataset, ctx.ds)
+    hidden = ("input_fingerprint", "profile_of", "profile_key", "params")
     return _apply_policy({**{k: v for k, v in prev.items() if k not in hidden}, "cache_hit": True})
 
 
@@ -227,7 +227,7 @@ def run_raw(ctx: StepContext) -> dict[str, Any]:
     lake = ctx.lake
     paths = lake.raw_files(ctx.dataset, ctx.ds)
     fp = f"{lake.files_fingerprint(paths)}:{_suite_hash(suite)}:{code_version(__name__)}"
-    cached = _cached(ctx, "raw", fp, policy)
+    cached = _cached(ctx, "raw", fp)
     if cached is not None:
         return cached
     if not paths:
@@ -305,7 +305,7 @@ def run_clean(ctx: StepContext) -> dict[str, Any]:
     previous = lake.previous_manifest("clean", ctx.dataset, ctx.ds)
     split = lake.manifest("split", ctx.dataset, ctx.ds)
     fp = f"{lake.manifests_fingerprint(clean, previous, split)}:{_suite_hash(suite)}:{code_version(__name__)}"
-    cached = _cached(ctx, "clean", fp, policy)
+    cached = _cached(ctx, "clean", fp)
     if cached is not None:
         return cached
     split_info = None
