@@ -153,14 +153,14 @@ def url_from_fields(conn: Any) -> str | None:
     return f"{scheme}://{netloc}/{path}" if netloc else f"{scheme}:///{path}"
 
 
-def required_url(conn: Any, extra: Mapping[str, Any], what: str) -> str:
+def required_url(conn: Any, extra: Mapping[str, Any], what: str, example: str = "s3://bucket/prefix") -> str:
     """``extra.url``, else the URL of the Connection's URI form; an error naming the conn_id when neither."""
     url = extra.get("url")
     if url is None:
         url = url_from_fields(conn)
     if not isinstance(url, str) or not url.strip():
         raise ConnectionConfigError(conn.conn_id, f"has no {what} URL: set extra {{\"url\": ...}} or give the "
-                                                  "Connection as a URI such as s3://bucket/prefix")
+                                                  f"Connection as a URI such as {example}")
     return url.strip()
 
 
@@ -249,7 +249,7 @@ class HistoryHook(LeptonflowConnectionHook[HistoryConfig]):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
-        url = required_url(conn, parse_extra(conn), "SQLAlchemy")
+        url = required_url(conn, parse_extra(conn), "SQLAlchemy", "postgresql+psycopg2://user:pw@host/db")
         try:
             make_url(url)
         except ArgumentError:
@@ -270,7 +270,7 @@ class DaskClusterHook(LeptonflowConnectionHook[ClusterConfig]):
         name = extra.get("backend")
         if not name:
             raise ConnectionConfigError(conn.conn_id, f"extra has no 'backend' (one of {', '.join(sorted(BACKENDS))})")
-        secrets = BACKENDS[name].secret_keys if name in BACKENDS else frozenset()
+        secrets = BACKENDS[name].secret_keys if isinstance(name, str) and name in BACKENDS else frozenset()
         if conn.password and "password" in secrets:
             extra.setdefault("password", conn.password)
             if conn.login:

@@ -267,3 +267,66 @@ def test_the_report_page_fails_on_a_broken_lake_connection(lf_home, monkeypatch)
     _define(monkeypatch, "leptonflow_lake", {"conn_type": "generic", "extra": {"path": "/data/lake"}})
     with pytest.raises(ConnectionConfigError, match="'leptonflow_lake'"):
         asyncio.run(leptonflow_plugin.index())
+
+
+# ---- in a real task, Connections from the metadata database ---------------------------------------
+
+PROBE_DAG = '''
+from datetime import UTC, datetime
+
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC), catchup=False)
+def lf_hooks_probe():
+    @task
+    def resolve() -> dict:
+        from leptonflow_airflow.hooks import ConnectionConfigError, DaskClusterHook, HistoryHook, LakeHook
+
+        out = {"lake": LakeHook().config().url, "dask": DaskClusterHook().config()}
+        try:
+            HistoryHook().config()
+        except ConnectionConfigError as exc:
+            out["history_error"] = str(exc)
+        print("PROBE", __import__("json").dumps(out))
+        return out
+
+    resolve()
+
+
+probe = lf_hooks_probe()  # at module level: dag.test() serializes the DAG from this file
+
+if __name__ == "__main__":
+    probe.test()
+'''
+
+
+def test_hooks_read_the_metadata_database_in_a_real_task(tmp_path):
+    """A task run by ``dag.test()`` reads Connections through the Execution API from a migrated DB."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    airflow = str(Path(sys.executable).parent / "airflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(dags), PYTHONPATH=f"{repo}:{repo / 'plugins'}")
+
+    def run(*cmd: str) -> str:
+        proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout + proc.stderr
+
+    run(airflow, "db", "migrate")
+    run(airflow, "connections", "add", "leptonflow_lake", "--conn-type", "generic",
+        "--conn-extra", '{"url": "s3://from-db/lake"}')
+    run(airflow, "connections", "add", "leptonflow_history", "--conn-type", "generic", "--conn-extra", '{"path": "x"}')
+    (dags / "probe.py").write_text(PROBE_DAG)
+    out = run(sys.executable, str(dags / "probe.py"))
+    probe = json.loads(out[out.index("PROBE ") + 6:].splitlines()[0])
+    assert probe["lake"] == "s3://from-db/lake" and probe["dask"] is None  # absent: the caller's default
+    assert probe["history_error"].startswith("Airflow Connection 'leptonflow_history': has no SQLAlchemy URL")
