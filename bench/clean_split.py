@@ -87,7 +87,7 @@ def run_leptonflow(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
                       upstream={"plan_clean": LF_PLAN})
     c = clean.run(ctx)
     s = split.run(ctx)
-    return {"rows_in": c["rows_in"], "splits": s["rows"], "rejected": c["rejected_by_reason"],
+    return {"rows_in": c["input_rows"], "splits": s["rows"], "rejected": c["rejected_by_reason"],
             "spilled_bytes": c["spilled_bytes"], "peak_memory_per_worker": c["peak_memory_per_worker"],
             "arrow_peak_per_worker": c["arrow_peak_per_worker"], "bytes_shuffled": c["bytes_shuffled"]}
 

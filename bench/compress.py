@@ -49,6 +49,7 @@ from tasks.compression import (
 )
 from tasks.prep import datagen, features
 from tasks.spec import spec_for
+from tasks.training.metrics import metric_value
 from tasks.training.model import build_model
 
 log = logging.getLogger("bench.compress")
@@ -102,7 +103,7 @@ def unstructured_peer(model: nn.Module, val: compress.TabularData, base_metric: 
     b1, b256 = val.rows(1), val.rows(256)
     ts = export.to_torchscript(m, *b256)
     run = export.torch_runner(export.load_torchscript(ts))
-    metric = compress.compute_metric("classification", val.y.numpy(), compress.predict(run, val))
+    metric = metric_value("classification", val.y.numpy(), compress.predict(run, val))
     return {
         "name": "unstructured-l1-50-fp32-ts", "prune_ratio": 0.5, "backend": "torch.nn.utils.prune (peer)",
         "quantized": False, "format": "ts", "parameters": prune.count_parameters(m), "size_bytes": len(ts),

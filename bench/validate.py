@@ -162,7 +162,7 @@ def run_size(rows: int, repeats: int, encrypt: bool, workdir: Path, address: str
         for name, fn in phases:
             wall[name], outs[name], mem[name] = timed(fn, ctx)
         assert outs["validate_raw"]["rows_validated"] == rows
-        assert outs["validate_clean"]["rows_validated"] == outs["clean"]["rows_clean"]
+        assert outs["validate_clean"]["rows_validated"] == outs["clean"]["output_rows"]
         return {
             **{f"{k}_s": v for k, v in wall.items()},
             "overhead": (wall["validate_raw"] + wall["validate_clean"]) / (wall["clean"] + wall["split"]),

@@ -13,6 +13,7 @@ Commands:
       rotate-keys      new master key; re-wrap data keys without rewriting data (--keyring [--lake --dataset])
       verify-artifact  verify a published model's signature and checksums (URL)
       report           what the lake holds for one interval (--dataset --ds [--html F] [--json])
+      spec check       validate a dataset spec (NAME, a file PATH, or every spec); prints OK or each problem
 """
 
 from __future__ import annotations
@@ -51,8 +52,15 @@ def _commands() -> dict[str, Callable[[list[str]], int]]:
 
         return suites.cli(argv)
 
+    def spec(argv: list[str]) -> int:
+        from tasks import spec
+        from tasks.context import Settings
+
+        return spec.cli(argv, Settings.from_env().specs_dir)
+
     return {"datagen": datagen, "verify-artifact": verify_artifact, "rotate-keys": rotate_keys,
-            "pipeline": steps.pipeline_cli, "report": report, "suites": suites, "params": steps.params_cli}
+            "pipeline": steps.pipeline_cli, "report": report, "suites": suites, "params": steps.params_cli,
+            "spec": spec}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from tasks import params as settings_decl
 from tasks.errors import SettingError
 from tasks.io.lake import Lake
 from tasks.security import keyring, signing
-from tasks.spec import DatasetSpec, spec_for
+from tasks.spec import SPEC_DIR, DatasetSpec, spec_for
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_VARS = {
@@ -35,6 +35,7 @@ ENV_VARS = {
     "LEPTONFLOW_ARTIFACTS": "model artifact store URL (default <home>/artifacts)",
     "LEPTONFLOW_ARTIFACTS_OPTIONS": "fsspec storage options of the artifact store, a JSON object",
     "LEPTONFLOW_GC_GRACE_S": "seconds an unreferenced lake version folder is kept before garbage collection",
+    "LEPTONFLOW_SPECS": "folder of the dataset spec YAML files (default <repo>/dags/datasets)",
 }
 
 
@@ -50,6 +51,7 @@ class Settings:
     artifacts_url: str
     artifacts_options: dict[str, Any]
     gc_grace_s: float
+    specs_dir: Path = SPEC_DIR
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +77,7 @@ class Settings:
             artifacts_url=env.get("LEPTONFLOW_ARTIFACTS") or str(home / "artifacts"),
             artifacts_options=opts,
             gc_grace_s=grace,
+            specs_dir=Path(env.get("LEPTONFLOW_SPECS") or SPEC_DIR),
         )
 
 
@@ -124,7 +127,7 @@ class StepContext:
     @property
     def spec(self) -> DatasetSpec:
         if self.spec_obj is None:
-            self.spec_obj = spec_for(self.dataset)
+            self.spec_obj = spec_for(self.dataset, self.env.specs_dir)
         return self.spec_obj
 
     @cached_property

@@ -19,3 +19,34 @@ class SettingError(LeptonflowError, ValueError):
     def __init__(self, setting: str, problem: str) -> None:
         self.setting = setting
         super().__init__(f"setting {setting}: {problem}")
+
+
+class ManifestError(LeptonflowError, RuntimeError):
+    """A manifest is missing, unreadable, fails its signature check, or lacks a file or field a step needs."""
+
+
+class IntegrityError(LeptonflowError, RuntimeError):
+    """A lake file or published artifact is not what its manifest says; the message starts with the file.
+
+    `path` is the file (URL), `problem` what failed: ``missing``, ``size``, ``sha256``, or another
+    check's name (``encryption``, ``rows``, ``key-material``, ``seal``, ``signature``, ``weights``).
+    """
+
+    def __init__(self, message: str, *, path: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
+
+
+class KeyringError(LeptonflowError, LookupError):
+    """A key or keyring is missing, unknown, revoked or malformed; the message names the key id or keyring,
+    never key material."""
+
+
+class ParquetReadError(LeptonflowError, RuntimeError):
+    """A lake Parquet file cannot be read or decrypted; the message names the file (and row group)."""
+
+
+class FeatureError(LeptonflowError, ValueError):
+    """A table cannot be turned into model features; the message names the column (and the file, when read
+    from one)."""

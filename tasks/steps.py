@@ -130,7 +130,11 @@ def _cpu_seconds() -> float:
 
 
 def run_step(step: str, ctx: StepContext) -> dict[str, Any]:
-    """Run one step, time it, and record heavy steps in the run-history database."""
+    """Run one step, time it, and record heavy steps in the run-history database.
+
+    A heavy step's result carries its :class:`~tasks.resources.step_metrics.StepMetrics` fields at the
+    top level; they are read back here, once, and recorded with the wall and CPU time.
+    """
     fn = resolve(step).run
     log.info("step %s: dataset=%s ds=%s lake=%s", step, ctx.dataset, ctx.ds, ctx.lake_url)
     t0, c0 = time.perf_counter(), _cpu_seconds()
@@ -146,8 +150,10 @@ def run_step(step: str, ctx: StepContext) -> dict[str, Any]:
             result.setdefault("wall_s", round(wall, 3))
         if step in HEAVY and not (isinstance(result, dict) and result.get("cache_hit")):
             from tasks.resources import history
+            from tasks.resources.step_metrics import StepMetrics
             try:
-                history.record_step(ctx, step, result, wall_s=wall, cpu_s=cpu, success=ok)
+                metrics = StepMetrics.from_result(result if isinstance(result, dict) else None, step)
+                history.record_step(ctx, step, metrics, wall_s=wall, cpu_s=cpu, success=ok)
             except Exception:  # history is advisory: never fail a step because of it
                 log.exception("could not record run history for step %s", step)
 

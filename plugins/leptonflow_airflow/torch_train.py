@@ -36,7 +36,7 @@ class TorchTrainOperator(LeptonflowStepOperator):
         result = super().execute(context)
         self.log.info("train: %s epochs, best val %s %.4f, %.0f samples/s on %s x %s (resumed from step %s)",
                       result.get("epochs_run"), result.get("metric"), result.get("best_val_metric") or 0.0,
-                      result.get("train_samples_per_s") or 0.0, result.get("nproc"), result.get("device"),
+                      result.get("train_samples_per_s") or 0.0, result.get("workers"), result.get("device"),
                       result.get("resumed_from_step"))
         return result
 

@@ -6,7 +6,7 @@ as it will be served: serialized size in bytes, CPU latency at batch 1 and 256 (
 of repeated runs on one intra-op thread, so numbers are comparable), and the metric on
 val (AUC for classification, RMSE for regression). The kept candidate is the smallest
 (then fastest) one whose metric drop vs the uncompressed model stays within the
-``compress_budget`` Param (default 0.01 AUC, or RMSE increase). The uncompressed model
+``compress_budget`` setting (AUC drop for classification, RMSE increase for regression). The uncompressed model
 (``p00-fp32-ts``: float, TorchScript) is itself a candidate with drop 0 and the baseline
 of every ratio, so when nothing compressed fits it is what gets published, and the
 result says so.
@@ -23,16 +23,14 @@ Measured on the demo-sized models (bench/compress.py): onnxruntime has far less 
 overhead than TorchScript for small MLPs, and int8 only pays off once Linear weights
 dominate the artifact, which is why the choice is measured per run and not fixed.
 
-Params: ``compress_budget`` (0.01), ``compress_ratios`` ([0, 0.25, 0.5, 0.75]),
-``compress_backends`` (all four), ``compress_finetune_epochs`` (2), ``compress_max_train_rows``
-(200000: the fine-tune reads the first row groups of train, streaming), ``compress_max_eval_rows``
-(500000: cap on val/test rows held in memory), ``compress_latency_repeats`` (30), ``seed`` (0).
+Settings: the Compression section of :mod:`tasks.params` (``python -m tasks params``); the
+fine-tune streams the first ``compress_max_train_rows`` of train, and val/test are capped at
+``compress_max_eval_rows`` rows in memory.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -47,8 +45,11 @@ import torch
 from torch import nn
 
 from tasks.compression import export, prune
+from tasks.errors import ManifestError
 from tasks.io.code_version import code_version
-from tasks.io.lake import FileEntry, Lake, Manifest, ManifestError
+from tasks.io.lake import Lake, Manifest
+from tasks.training.metrics import metric_value, primary_metric
+from tasks.training.predict import load_model
 
 log = logging.getLogger(__name__)
 
@@ -90,25 +91,6 @@ class TabularData:
 
 
 # ---- metric ----------------------------------------------------------------------
-def metric_name(task: str) -> str:
-    return "auc" if task == "classification" else "rmse"
-
-
-def compute_metric(task: str, y: Any, logits: Any, split: str = "val") -> float:
-    y, logits = np.asarray(y, dtype=np.float64).reshape(-1), np.asarray(logits, dtype=np.float64).reshape(-1)
-    if np.isnan(y).any():
-        raise ValueError(f"{split} split: {int(np.isnan(y).sum())} rows have no label value (missing label column?)")
-    if task == "classification":
-        from sklearn.metrics import roc_auc_score
-
-        if len(np.unique(y)) < 2:
-            raise ValueError(f"{split} split has a single label class: AUC is undefined, cannot gate compression")
-        return float(roc_auc_score(y, logits))
-    if task == "regression":
-        return float(np.sqrt(np.mean((y - logits) ** 2)))
-    raise ValueError(f"unknown task {task!r}: expected classification or regression")
-
-
 def metric_drop(task: str, baseline: float, value: float) -> float:
     """How much worse `value` is than `baseline` (AUC lost, or RMSE gained); <= 0 is no loss."""
     return baseline - value if task == "classification" else value - baseline
@@ -310,7 +292,8 @@ def search(
     if budget < 0:
         raise ValueError(f"compress_budget must be >= 0, got {budget}")
     model = model.eval()
-    baseline = compute_metric(task, val.y.numpy(), predict(model, val))
+    mname, _ = primary_metric(task)
+    baseline = metric_value(task, val.y.numpy(), predict(model, val), split="val")
     b1 = val.rows(1)
     b256 = val.rows(256)
     b1_np, b256_np = (b1[0].numpy(), b1[1].numpy()), (b256[0].numpy(), b256[1].numpy())
@@ -329,7 +312,7 @@ def search(
             be = backend(bname)
             b = be.build(pruned, *b256)
             name = f"p{int(round(ratio * 100)):02d}-{bname}"
-            value = compute_metric(task, val.y.numpy(), predict(b.runner, val))  # what is served, not eager
+            value = metric_value(task, val.y.numpy(), predict(b.runner, val), split="val")  # what is served
             drop = metric_drop(task, baseline, value)
             cand = Candidate(
                 name=name, prune_ratio=ratio, backend=bname, quantized=be.quantized,
@@ -339,13 +322,13 @@ def search(
                 metric=value, metric_drop=drop, within_budget=drop <= budget + 1e-12, widths=dict(widths),
             )
             log.info("candidate %s: %d bytes, b1 %.3f ms, b256 %.3f ms, %s %.5f (drop %.5f)", name,
-                     cand.size_bytes, cand.latency_b1_ms, cand.latency_b256_ms, metric_name(task), value, drop)
+                     cand.size_bytes, cand.latency_b1_ms, cand.latency_b256_ms, mname, value, drop)
             cands.append(cand)
             built[name] = b
     fits = [c for c in cands if c.within_budget]
     best = min(fits, key=lambda c: (c.size_bytes, c.latency_b256_ms))
     best.chosen = True
-    return SearchResult(task, metric_name(task), budget, baseline, cands, built)
+    return SearchResult(task, mname, budget, baseline, cands, built)
 
 
 # ---- reports ------------------------------------------------------------------------
@@ -395,31 +378,6 @@ def plot_png(result: SearchResult) -> bytes:
 
 
 # ---- the pipeline step -----------------------------------------------------------------
-def read_verified(lake: Lake, manifest: Manifest, entry: FileEntry) -> bytes:
-    """A manifest-listed file's bytes after checking its sha256 against the manifest."""
-    path = lake.abspath(manifest, entry)
-    data = lake.fs.cat_file(path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.sha256:
-        raise ManifestError(f"{path}: sha256 {digest} does not match the manifest ({entry.sha256}); refusing to load")
-    return data
-
-
-def load_trained_model(lake: Lake, model_m: Manifest, stats: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained model of a `model` manifest: sha256-checked, weights-only (no pickle) loading."""
-    from tasks.training.model import build_model
-
-    cfg = json.loads(read_verified(lake, model_m, model_m.entry("model_config.json")))
-    hparams = cfg.get("hparams", cfg)
-    state = torch.load(io.BytesIO(read_verified(lake, model_m, model_m.entry("model.pt"))),
-                       map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    model = build_model(stats, hparams)
-    model.load_state_dict(state)
-    return model.eval(), hparams
-
-
 def load_split(lake: Lake, split_m: Manifest, group: str, stats: dict[str, Any], crypto: Any,
                max_rows: int | None = None) -> TabularData:
     """One split of the split manifest through the shared feature transform (row groups, capped)."""
@@ -484,7 +442,7 @@ def compress_and_commit(
     x_num, x_cat, y = test.x_num.numpy(), test.x_cat.numpy(), test.y.numpy()
 
     def metric(yy: np.ndarray, logits: np.ndarray) -> float:
-        return compute_metric(task, yy, logits, split="test")
+        return metric_value(task, yy, logits, split="test")
 
     def served(filename: str, blob: bytes) -> export.Runner:  # reloaded from the bytes being committed
         if filename.endswith(".ts"):
@@ -570,6 +528,6 @@ def run(ctx: Any) -> dict[str, Any]:
         "val": load_split(lake, split_m, "val", stats, crypto, params["compress_max_eval_rows"]),
         "test": load_split(lake, split_m, "test", stats, crypto, params["compress_max_eval_rows"]),
     }
-    model, hparams = load_trained_model(lake, model_m, stats)
-    m = compress_and_commit(lake, ctx.dataset, ctx.ds, model, hparams, stats, data, params, fp, code)
+    trained = load_model(lake, model_m, stats)
+    m = compress_and_commit(lake, ctx.dataset, ctx.ds, trained.model, trained.hparams, stats, data, params, fp, code)
     return {"cache_hit": False, **_summary(m)}

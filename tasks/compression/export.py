@@ -31,12 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.errors import LeptonflowError
+
 log = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x_num, x_cat) -> logits
 
 
-class ExportError(RuntimeError):
+class ExportError(LeptonflowError, RuntimeError):
     """An export failed or does not reproduce the PyTorch model; the message names the format."""
 
 

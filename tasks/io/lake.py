@@ -28,15 +28,13 @@ from typing import Any
 
 import fsspec
 
+from tasks.errors import ManifestError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 GC_GRACE_S = 300.0  # seconds an unreferenced version folder is kept (a writer may still be filling it)
 TASKS_DIR = Path(__file__).resolve().parents[1]
-
-
-class ManifestError(RuntimeError):
-    """A manifest is missing, unreadable, or fails its signature check."""
 
 
 @dataclass

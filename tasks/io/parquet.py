@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.errors import KeyringError, ParquetReadError
 from tasks.io.lake import FileEntry
-from tasks.security.keyring import KeyError_
 
 ROW_GROUP_ROWS = 128 * 1024  # ~ a few MB per row group: streamable by the training reader
 COMPRESSION = "zstd"
@@ -68,10 +68,6 @@ def _with_url(method: Any, *args: Any, url: str) -> Any:
     except (TypeError, ValueError):
         takes_url = False
     return method(*args, url=url) if takes_url else method(*args)
-
-
-class ParquetReadError(RuntimeError):
-    """A lake file cannot be read; the message names the file."""
 
 
 class _HashingWriter:
@@ -171,7 +167,7 @@ def open_parquet(url: str, crypto: ParquetCrypto | None = None) -> pq.ParquetFil
         return pq.ParquetFile(fh, decryption_properties=props)
     except FileNotFoundError as exc:
         raise ParquetReadError(f"{url}: file not found") from exc
-    except KeyError_ as exc:  # missing / revoked / wrong master key: name the file and the key id
+    except KeyringError as exc:  # missing / revoked / wrong master key: name the file and the key id
         raise ParquetReadError(f"{url}: cannot decrypt: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
@@ -181,7 +177,7 @@ def read_table(url: str, crypto: ParquetCrypto | None = None, columns: list[str]
     pf = open_parquet(url, crypto)
     try:
         return pf.read(columns=columns)
-    except KeyError_ as exc:
+    except KeyringError as exc:
         raise ParquetReadError(f"{url}: cannot decrypt: {exc}") from exc
     except (OSError, pa.ArrowException) as exc:
         raise ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
@@ -194,7 +190,7 @@ def iter_row_groups(
     for i in range(pf.num_row_groups):
         try:
             yield pf.read_row_group(i, columns=columns)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             raise ParquetReadError(f"{url}: row group {i}: cannot decrypt: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise ParquetReadError(f"{url}: row group {i}: {exc}") from exc

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 from distributed import Client, wait
 
 from tasks.context import StepContext
+from tasks.errors import LeptonflowError
 from tasks.io.code_version import code_version
 from tasks.io.hashing import key_hash
 from tasks.io.lake import FileEntry, Lake, Manifest, fingerprint, is_local
@@ -61,6 +62,7 @@ from tasks.prep import features
 from tasks.prep.split import GROUPS
 from tasks.prep.split import assign as split_assign
 from tasks.resources.cluster import client_for, describe, drain
+from tasks.resources.step_metrics import StepMetrics, cluster_metrics
 from tasks.spec import ColumnSpec, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ _FALSE = ["false", "f", "no", "n", "0"]
 UTC_US = pa.timestamp("us", tz="UTC")
 
 
-class CleanError(RuntimeError):
+class CleanError(LeptonflowError, RuntimeError):
     """The interval cannot be cleaned; the message names the file, column or rule."""
 
 
@@ -794,13 +796,18 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "bytes_read": total_bytes, "bytes_written": sum(f.bytes for f in clean_files + q_files),
             "bytes_shuffled": sum(m["bytes_shuffled"] for m in metas), "files_in": len(files),
         }
+        metrics = StepMetrics(
+            input_bytes=total_bytes, input_rows=total_rows, output_rows=rows_clean, bytes_read=total_bytes,
+            bytes_written=accounting["bytes_written"], bytes_shuffled=accounting["bytes_shuffled"],
+            partitions=len(chunks), **(cluster_metrics(size) | {"memory_limit": per_worker_limit}),
+            peak_memory_per_worker=sampler.peak, spilled_bytes=sampler.spilled,
+        )
         result = {
-            **accounting, "accounting": accounting, "clean_version": cver, "quarantine_version": qver,
-            "files_out": len(clean_files), "quarantine_files": len(q_files),
-            "input_bytes": total_bytes, "input_rows": total_rows, "partitions": len(chunks), "buckets": n_buckets,
-            "workers": size["workers"], "threads": size["threads"], "memory_limit": per_worker_limit,
-            "peak_memory_per_worker": sampler.peak, "arrow_peak_per_worker": sampler.arrow_peak,
-            "spilled_bytes": sampler.spilled,
+            # the accounting's rows_in and rows_clean are input_rows and output_rows at the top level
+            **{k: v for k, v in accounting.items() if k not in ("rows_in", "rows_clean")},
+            "accounting": accounting, "clean_version": cver, "quarantine_version": qver,
+            "files_out": len(clean_files), "quarantine_files": len(q_files), "buckets": n_buckets,
+            "arrow_peak_per_worker": sampler.arrow_peak, **metrics.to_json(),
         }
         if rows_clean == 0:
             log.warning("clean %s ds=%s: every row was rejected", ctx.dataset, ctx.ds)

@@ -27,15 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.errors import FeatureError
 from tasks.spec import DatasetSpec
 
 SAMPLE_SIZE = 20_000
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _TIME_OPS = {"hour": pc.hour, "day_of_week": pc.day_of_week, "day": pc.day, "month": pc.month, "minute": pc.minute}
-
-
-class FeatureError(ValueError):
-    """A table cannot be turned into features; the message names the column."""
 
 
 # ---- derived columns ------------------------------------------------------------------

@@ -32,10 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.context import StepContext
+from tasks.errors import LeptonflowError
 from tasks.io.code_version import code_version
 from tasks.io.hashing import string_buffers
 from tasks.io.lake import FileEntry, Lake, Manifest, fingerprint
 from tasks.prep import features
+from tasks.resources.step_metrics import StepMetrics
 from tasks.security.crypto import key_material_url
 from tasks.spec import DatasetSpec
 
@@ -134,7 +136,7 @@ def assign(values: pa.Array | pa.ChunkedArray, spec: DatasetSpec) -> np.ndarray:
 
 
 
-class SplitError(RuntimeError):
+class SplitError(LeptonflowError, RuntimeError):
     """The interval cannot be split; the message says why."""
 
 
@@ -149,7 +151,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
                          "assignment (written by an older leptonflow): re-run clean")
     rows = {g: clean.rows_in(g) for g in GROUPS}
     if rows != {g: int(info["rows"].get(g, 0)) for g in GROUPS} or sum(rows.values()) != clean.rows:
-        raise SplitError(f"split row accounting failed: clean {clean.rows} rows, files by split {rows}, "
+        raise SplitError(f"{ctx.dataset} ds={ctx.ds}: split row accounting failed: clean {clean.rows} rows, "
+                         f"files by split {rows}, "
                          f"clean manifest says {info['rows']}")
     stats = info.get("feature_stats")
     if not stats or rows["train"] == 0:
@@ -184,8 +187,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "feature_stats_path": f"{lake.interval_dir('split', ctx.dataset, ctx.ds)}/_manifest.json"
                                   "#extra.feature_stats",
             "feature_stats_digest": features.stats_digest(stats),
-            "input_rows": clean.rows, "input_bytes": sum(f.bytes for f in clean.files),
-            "partitions": len(clean.files), "workers": 0, "threads": 0,
+            # files are hard-linked, not read or rewritten: no bytes read, written or shuffled, no cluster
+            **StepMetrics(input_bytes=sum(f.bytes for f in clean.files), input_rows=clean.rows,
+                          output_rows=sum(e.rows for e in entries), partitions=len(clean.files)).to_json(),
         }
         lake.commit(Manifest("split", ctx.dataset, ctx.ds, version, files=entries, input_fingerprint=fp,
                              code_version=code, params=params,

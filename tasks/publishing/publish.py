@@ -39,8 +39,10 @@ from typing import Any
 
 import fsspec
 
+from tasks.errors import IntegrityError, KeyringError, ManifestError
+from tasks.io import verified
 from tasks.io.code_version import code_version
-from tasks.io.lake import TASKS_DIR, Lake, Manifest, ManifestError, fingerprint, is_local, write_atomic
+from tasks.io.lake import TASKS_DIR, Lake, Manifest, fingerprint, is_local, write_atomic
 from tasks.security import signing
 from tasks.security.keyring import Keyring
 
@@ -51,8 +53,8 @@ LATEST = "latest.json"
 FORMAT = "leptonflow-artifact/1"
 
 
-class ArtifactError(RuntimeError):
-    """An artifact is missing, tampered with, or unsigned; the message names the file."""
+class ArtifactError(IntegrityError):
+    """A published artifact is missing, tampered with, or unsigned; the message names the file."""
 
 
 # ---- store access ------------------------------------------------------------------
@@ -104,7 +106,7 @@ def _resolve(store: Store) -> str:
     raise ArtifactError(f"{store.url(store.root)}: no {MANIFEST} or {LATEST} here")
 
 
-def read_verified(
+def read_artifact(
     url: str, ring: Keyring, options: dict[str, Any] | None = None, want: set[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Verify an artifact's signature and every file's checksum; return (manifest, bytes of `want` files).
@@ -142,7 +144,7 @@ def read_verified(
 
 
 def verify_artifact(url: str, ring: Keyring, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    doc, _ = read_verified(url, ring, options, want=set())
+    doc, _ = read_artifact(url, ring, options, want=set())
     return {"name": doc["name"], "version": doc["version"], "files": len(doc["files"]), "verified": True}
 
 
@@ -153,7 +155,7 @@ def load_published(url: str, ring: Keyring, options: dict[str, Any] | None = Non
     onnxruntime session behind :class:`tasks.compression.export.OnnxModule`. Nothing is unpickled.
     """
     from tasks.compression import export
-    doc, blobs = read_verified(url, ring, options)
+    doc, blobs = read_artifact(url, ring, options)
     serving = doc.get("serving_format", "model.ts")
     if serving not in blobs:
         raise ArtifactError(f"{url}: serving file {serving!r} is not in the manifest")
@@ -185,7 +187,7 @@ def publish_files(
     reused = False
     if store.fs.exists(mpath):
         try:
-            read_verified(store.url(adir), verify_ring, options, want=set())
+            read_artifact(store.url(adir), verify_ring, options, want=set())
             reused = True
             log.info("artifact %s/%s already published and verified: not uploading again", name, version)
         except ArtifactError as exc:
@@ -203,7 +205,7 @@ def publish_files(
         store.write_atomic(mpath, json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
     # re-read from the store (not our memory): only a verified upload may become `latest`
     store.fs.invalidate_cache()
-    read_verified(store.url(adir), verify_ring, options, want=set())
+    read_artifact(store.url(adir), verify_ring, options, want=set())
     manifest_bytes = store.read(mpath)
     pointer = {"name": name, "version": version, "manifest_sha256": sha256(manifest_bytes), "moved_at": time.time()}
     store.write_atomic(f"{base}/{LATEST}", json.dumps(pointer, sort_keys=True).encode())
@@ -225,7 +227,7 @@ def _lineage_entry(m: Manifest | None) -> dict[str, Any] | None:
     if m is None:
         return None
     return {"stage": m.stage, "version": m.version, "digest": m.digest(), "input_fingerprint": m.input_fingerprint,
-            "code_version": m.code_version, "rows": m.rows, "created_at": m.created_at}
+            "code_version": m.code_version, "params": m.params, "rows": m.rows, "created_at": m.created_at}
 
 
 def model_card(doc: dict[str, Any], table_md: str) -> str:
@@ -274,20 +276,18 @@ def run(ctx: Any) -> dict[str, Any]:
     params = ctx.cache_params(__name__)
     version = f"{ctx.ds}-{fingerprint(comp.digest(), params, code)[:12]}"
 
-    from tasks.compression.compress import read_verified as lake_read  # sha256-checked lake reads
-
     files: dict[str, bytes] = {}
     for f in comp.files:
-        files[f.path.split("/", 1)[-1]] = lake_read(lake, comp, f)
+        files[f.path.split("/", 1)[-1]] = verified.read_bytes(lake, comp, f)
     for stage in ("model", "evaluation"):  # their plots and reports travel with the model
         m = stages[stage]
         for f in (m.files if m else []):
             rel = f.path.split("/", 1)[-1]
             if rel.endswith((".png", ".md")) or rel in {"model_config.json", "metrics.json"}:
-                files[f"{stage}/{rel}"] = lake_read(lake, m, f)
+                files[f"{stage}/{rel}"] = verified.read_bytes(lake, m, f)
     if stages["validation"] is not None:  # the GX Data Docs (raw/, clean/ pages + result JSON)
         for f in stages["validation"].files:
-            files[f"validation/{f.path}"] = lake_read(lake, stages["validation"], f)
+            files[f"validation/{f.path}"] = verified.read_bytes(lake, stages["validation"], f)
     suites = stages["validation"].extra.get("suites", {}) if stages["validation"] else {}
     summary = comp.extra.get("summary", {})
     up = ctx.upstream or {}
@@ -342,7 +342,7 @@ def verify_cli(argv: list[str]) -> int:
         ring = keyring.load(args.keyring, create=False)
         options = json.loads(args.storage_options) if args.storage_options else Settings.from_env().artifacts_options
         result = verify_artifact(args.url, ring, options)
-    except (ArtifactError, ManifestError, keyring.KeyError_, ValueError) as exc:
+    except (IntegrityError, ManifestError, KeyringError, ValueError) as exc:
         print(f"verify-artifact: REFUSED: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))

@@ -37,7 +37,7 @@ def _history(ctx: StepContext) -> list[dict[str, Any]]:
         from tasks.resources import history
         out = []
         for stage in ("validate_raw", "clean", "split", "validate_clean", "train"):
-            out += [r for r in history.runs(ctx.history_url, stage, dataset=ctx.dataset) if r.get("ds") == ctx.ds]
+            out += [r.to_dict() for r in history.runs(ctx.history_url, stage, dataset=ctx.dataset) if r.ds == ctx.ds]
         return out
     except Exception as exc:
         log.warning("run history unavailable: %s", exc)
@@ -139,7 +139,7 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"training: {model.get('epochs_run', '?')} epochs ({model.get('global_step', '?')} steps), best val "
             f"{model.get('metric', 'metric')} {model.get('best_val_metric', float('nan')):.4f} on "
-            f"{model.get('nproc', 1)}x {model.get('device', 'cpu')}, "
+            f"{model.get('workers', 1)}x {model.get('device', 'cpu')}, "
             f"{model.get('train_samples_per_s', 0):,.0f} samples/s"
         )
     ev = st.get("evaluation", {}).get("extra", {})

@@ -19,12 +19,11 @@ Three models, each small enough to fit on a handful of runs:
   its tasks in waves; the last wave costs a whole task even if it is half empty). It replaces the
   smooth term only when its leave-one-out MAPE is lower.
 - **Peak memory per worker** ``mem = e + f * bytes/workers + g * bytes/(workers*threads)``,
-  same fitting and upper bound. Its level (Param ``forecast_memory_quantile``, default the wall's) adapts
+  same fitting and upper bound. Its level (setting ``forecast_memory_quantile``) adapts
   as the wall's does, to the plans' memory promise: a model-planned run whose peak went over the spill
   threshold (``memory_fraction`` x its memory limit) raises it (``memory_level``), by a larger step than
-  the wall's: one spill takes it to the cap, and covered runs bring it back over ~10 runs. A fixed higher
-  level was tried: q0.99 halved the simulation's spills but, on the real bench, whose long-lived workers'
-  memory creeps up from run to run, it bought a second worker for runs that peaked at 0.8 x threshold.
+  the wall's: one spill takes it to the cap, and covered runs bring it back over ~10 runs (a fixed high
+  level would buy workers for every run of a worker whose memory creeps up between runs).
 - **Input volume** of the next interval: ``HuberRegressor`` on log bytes with a linear trend and
   day-of-week terms (robust to a one-off spike), so a cluster can be warmed before data lands.
 
@@ -32,9 +31,8 @@ A plan is the smallest worker count in ``[min_workers, max_workers]`` whose *upp
 meets ``deadline_s`` and whose upper peak memory fits ``memory_per_worker``. When the workers share
 one host (the ``local`` backend: a LocalCluster of worker processes inside the task) the sizes are
 also capped at the host's CPUs / threads per worker (``host_cpus``): a worker process beyond the
-cores adds no throughput, only contention (measured on the 2-core bench box: 3 one-thread workers
-ran the same tasks in ~2x the task-seconds of one worker, for ~1.3x less wall time), and a model
-fitted on few sizes cannot be trusted to know that. With fewer than
+cores adds no throughput, only contention, and a model fitted on few sizes cannot be trusted to
+know that. With fewer than
 ``min_history`` successful runs the plan uses the documented heuristic below and says so
 (``source="heuristic"``, ``reason``).
 
@@ -55,6 +53,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -147,7 +146,8 @@ class AdaptiveLevels:
     misses_beyond: int = 0
 
 
-def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = ADAPT_GAMMA) -> AdaptiveLevels:
+def adaptive_levels(rows: Sequence[history.StepRun | Mapping[str, Any]], quantile: float,
+                    gamma: float = ADAPT_GAMMA) -> AdaptiveLevels:
     """The quantile levels for the next wall-time bound, adapted to the recorded runs that exceeded theirs.
     `rows`: the successful runs ``Forecaster.fit`` models, oldest first.
 
@@ -156,9 +156,9 @@ def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = 
     ``1 - quantile``. A run slower than its bound (the host got slower, a neighbour took its cores)
     raises the level by ``gamma * quantile``; each covered run lowers it by ``gamma * (1 - quantile)``,
     back to ``quantile`` and never below it, so a history that keeps its promises plans as before.
-    Levels stay <= ``MAX_LEVEL`` (the conformal quantile of the ratios is then their largest). Runs
-    planned by the no-history heuristic (``plan_source="heuristic"``) do not count: its bound is a guess,
-    not the one being calibrated.
+    Levels stay <= ``MAX_LEVEL`` (the conformal quantile of the ratios is then their largest). Only runs
+    the fitted model planned (``plan_source="forecast"``) count: the no-history heuristic's bound
+    (``"heuristic"``) is a guess, not the one being calibrated, and a run without a plan had no bound.
     As the bound itself (``_RatioModel``), the level is kept per region: a run whose input or cluster
     size lay beyond every earlier run's was an extrapolation, and its miss (a one-off spike) raises
     only the level of later extrapolations, not that of ordinary intervals."""
@@ -166,13 +166,13 @@ def adaptive_levels(rows: list[dict[str, Any]], quantile: float, gamma: float = 
     alpha = {True: target, False: target}
     misses = {True: 0, False: 0}
     lo = hi = None  # range of (input bytes, workers) over the earlier runs
-    for r in rows:
-        x = np.array([float(r["input_bytes"]), float(r["workers"])])
-        upper = r.get("predicted_wall_s_upper")
+    for r in history.as_runs(rows):
+        x = np.array([float(r.input_bytes), float(r.workers)])
+        upper = r.predicted_wall_s_upper
         # only the fitted model's bounds are calibrated here: the no-history heuristic's 1.5x is a guess
-        if upper and r.get("plan_source", "forecast") == "forecast":
+        if upper and r.plan_source == "forecast":
             inside = lo is not None and bool(np.all((lo <= x) & (x <= hi)))
-            miss = float(r["wall_s"]) > float(upper)
+            miss = float(r.wall_s) > float(upper)
             misses[inside] += miss
             alpha[inside] = _aci_step(alpha[inside], target, miss, gamma)
         lo, hi = (x, x) if lo is None else (np.minimum(lo, x), np.maximum(hi, x))
@@ -184,7 +184,8 @@ def _aci_step(alpha: float, target: float, miss: bool, gamma: float) -> float:
     return min(target, max(1.0 - MAX_LEVEL, alpha + gamma * (target - miss)))
 
 
-def memory_level(rows: list[dict[str, Any]], quantile: float, memory_fraction: float = MEMORY_FRACTION,
+def memory_level(rows: Sequence[history.StepRun | Mapping[str, Any]], quantile: float,
+                 memory_fraction: float = MEMORY_FRACTION,
                  gamma: float = MEMORY_ADAPT_GAMMA) -> tuple[float, int]:
     """The peak-memory bound's level and the misses behind it: adaptive conformal inference, as
     ``adaptive_levels``, over the model-planned runs (oldest first) that recorded their memory limit.
@@ -193,9 +194,9 @@ def memory_level(rows: list[dict[str, Any]], quantile: float, memory_fraction: f
     cluster size the way wall time is."""
     target = 1.0 - quantile
     alpha, misses = target, 0
-    for r in rows:
-        limit, peak = float(r.get("memory_limit") or 0), float(r.get("peak_memory_per_worker") or 0)
-        if limit > 0 and peak > 0 and r.get("plan_source", "forecast") == "forecast":
+    for r in history.as_runs(rows):
+        limit, peak = float(r.memory_limit or 0), float(r.peak_memory_per_worker or 0)
+        if limit > 0 and peak > 0 and r.plan_source == "forecast":
             miss = peak > memory_fraction * limit
             misses += miss
             alpha = _aci_step(alpha, target, miss, gamma)
@@ -321,23 +322,24 @@ class Forecaster:
     mem_misses: int = 0
 
     @classmethod
-    def fit(cls, rows: list[dict[str, Any]], quantile: float = QUANTILE, memory_quantile: float | None = None,
-            memory_fraction: float = MEMORY_FRACTION) -> Forecaster:
-        ok = [r for r in rows if r.get("success") and r["wall_s"] > 0 and r["input_bytes"] > 0 and r["workers"] > 0]
+    def fit(cls, rows: Sequence[history.StepRun | Mapping[str, Any]], quantile: float = QUANTILE,
+            memory_quantile: float | None = None, memory_fraction: float = MEMORY_FRACTION) -> Forecaster:
+        """Fit on `rows`: the stage's runs (``history.runs``, or mappings of ``StepRun``'s field names)."""
+        ok = [r for r in history.as_runs(rows) if r.success and r.wall_s > 0 and r.input_bytes > 0 and r.workers > 0]
         f = cls(n_runs=len(ok))
         if not ok:
             return f
         f.levels = lv = adaptive_levels(ok, quantile)
-        b = np.array([r["input_bytes"] for r in ok], float)
-        w = np.array([r["workers"] for r in ok], float)
-        t = np.array([max(r["threads"] or 1, 1) for r in ok], float)
+        b = np.array([r.input_bytes for r in ok], float)
+        w = np.array([r.workers for r in ok], float)
+        t = np.array([max(r.threads or 1, 1) for r in ok], float)
         f.full = sizes_identifiable(w)
         f.mode = wall_mode(b, w)
         f.sizes_seen = (int(w.min()), int(w.max()))
-        y = np.array([r["wall_s"] for r in ok], float)
+        y = np.array([r.wall_s for r in ok], float)
         region = np.column_stack([b, w])  # interpolation vs extrapolation in input size and cluster size
         f.wall = _RatioModel(lv.beyond, lv.inside).fit(_wall_features(b, w, t, f.mode), y, region)
-        parts = np.array([r.get("partitions") or 0 for r in ok], float)
+        parts = np.array([r.partitions or 0 for r in ok], float)
         if len(ok) >= 3 and parts.min() > 0:
             # the wave model competes with the smooth one on leave-one-out error; it must do strictly better
             f.bytes_per_partition = float(np.median(b / parts))
@@ -346,10 +348,10 @@ class Forecaster:
             f.waves_loo_mape = float(np.mean(waves.loo_ape))
             if f.waves_loo_mape < f.smooth_loo_mape:
                 f.wall, f.waves = waves, True
-        with_mem = [i for i, r in enumerate(ok) if r.get("peak_memory_per_worker", 0) > 0]
+        with_mem = [i for i, r in enumerate(ok) if (r.peak_memory_per_worker or 0) > 0]
         if len(with_mem) >= 3:
             idx = np.array(with_mem)
-            mem_y = np.array([ok[i]["peak_memory_per_worker"] for i in with_mem], float)
+            mem_y = np.array([ok[i].peak_memory_per_worker for i in with_mem], float)
             f.mem_level, f.mem_misses = memory_level(ok, quantile if memory_quantile is None else memory_quantile,
                                                      memory_fraction)
             f.mem = _RatioModel(f.mem_level).fit(_mem_features(b[idx], w[idx], t[idx], f.full), mem_y)
@@ -392,7 +394,7 @@ def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int, pa
 
 
 def make_plan(
-    rows: list[dict[str, Any]],
+    rows: Sequence[history.StepRun | Mapping[str, Any]],
     input_bytes: float,
     *,
     deadline_s: float,
@@ -415,13 +417,13 @@ def make_plan(
 
     `quantile` is the wall-time bound's level, `memory_quantile` the peak-memory bound's (default: the
     same); both adapt to the history's misses (see the module docstring).
-    `heuristic_bytes_per_s` (Param ``heuristic_bytes_per_s``) is the per-thread throughput the
+    `heuristic_bytes_per_s` (setting ``heuristic_bytes_per_s``) is the per-thread throughput the
     no-history heuristic assumes; a deployment sets it from one measured run. Memory fits when
     the upper peak stays under `memory_fraction` x `memory_per_worker` (Dask starts spilling
     to disk at 0.7 of the worker limit, so that is the default). `partitions` (tasks per phase of this
     run, when known) feeds the wave model; without it the history's bytes per partition estimate it.
     When no size meets the deadline, the plan takes the smallest size whose upper wall time is within
-    `fallback_tolerance` (Param ``fallback_tolerance``, default 10%) of the fastest size's.
+    `fallback_tolerance` (setting ``fallback_tolerance``) of the fastest size's.
     `heuristic_overhead_s` (Param) is the heuristic's fixed start-up (0 with an end-to-end measured
     throughput). `host_cpus`: the workers share one host of that many CPUs (``local`` backend), so no
     more than ``host_cpus // threads_per_worker`` workers are planned (never below `min_workers`).

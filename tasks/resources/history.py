@@ -4,9 +4,10 @@ The forecaster (:mod:`tasks.resources.forecast`) fits on these rows, and the rep
 predicted vs actual from them. Rows carry the plan's predictions when the step
 ran under a plan, so forecast error can be measured after the fact.
 
-``record_step`` is called by :func:`tasks.steps.run_step`; ``record_run`` is the
-lower-level writer (benchmarks, tests); ``runs`` / ``plans`` are the queries.
-The schema is created on first use (``create_all`` is idempotent).
+``record_step`` is called by :func:`tasks.steps.run_step` with the step's
+:class:`~tasks.resources.step_metrics.StepMetrics`; ``record_run`` is the lower-level
+writer (benchmarks, tests); ``runs`` (typed :class:`StepRun` rows) / ``plan_rows`` are the
+queries. The schema is created on first use (``create_all`` is idempotent).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from sqlalchemy import (
     make_url,
     select,
 )
+
+from tasks.resources.step_metrics import StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,64 @@ plans = Table(
 RUN_FIELDS = [c.name for c in step_runs.columns if c.name != "id"]
 PLAN_FIELDS = [c.name for c in plans.columns if c.name != "id"]
 
+
+@dataclass(frozen=True, kw_only=True)
+class StepRun:
+    """One recorded run of a heavy step: a row of ``lf_step_runs``, one field per column, in column order.
+
+    What :func:`runs` returns and what the forecaster fits on. Synthetic histories (benchmarks,
+    simulations, tests) may be given as mappings of these field names instead (:meth:`coerce`);
+    only ``wall_s`` and ``success`` are required there. ``plan_source`` is None for a run made
+    without a plan, and the ``predicted_*`` fields are then None too.
+    """
+
+    id: int | None = None
+    stage: str = ""
+    dataset: str = ""
+    ds: str = ""
+    run_id: str = ""
+    input_bytes: float = 0.0
+    input_rows: float = 0.0
+    partitions: int = 0
+    workers: int = 0
+    threads: int = 0  # per worker
+    memory_limit: float = 0.0  # bytes per worker
+    wall_s: float
+    cpu_s: float = 0.0
+    peak_memory_per_worker: float = 0.0
+    spilled_bytes: float = 0.0
+    success: bool
+    recorded_at: float = 0.0  # unix seconds
+    plan_source: str | None = None
+    predicted_wall_s: float | None = None
+    predicted_wall_s_upper: float | None = None
+    predicted_peak_memory: float | None = None
+
+    @classmethod
+    def coerce(cls, row: StepRun | Mapping[str, Any]) -> StepRun:
+        """`row` as a StepRun; a mapping must use the field names (an unknown key is an error, not ignored)."""
+        if isinstance(row, StepRun):
+            return row
+        unknown = set(row) - _STEP_RUN_FIELDS
+        if unknown:
+            raise ValueError(f"run history: unknown field(s) {sorted(unknown)} in a run; known: {RUN_FIELDS}")
+        missing = {"wall_s", "success"} - set(row)
+        if missing:
+            raise ValueError(f"run history: a run needs {sorted(missing)}, got {dict(row)!r}")
+        return cls(**row)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-ready values (the report's form)."""
+        return asdict(self)
+
+
+_STEP_RUN_FIELDS = {f.name for f in fields(StepRun)}
+
+
+def as_runs(rows: Iterable[StepRun | Mapping[str, Any]]) -> list[StepRun]:
+    """Every row of `rows` as a :class:`StepRun` (see :meth:`StepRun.coerce`)."""
+    return [StepRun.coerce(r) for r in rows]
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -140,45 +203,31 @@ def record_run(url: str, **fields: Any) -> int:
         return int(conn.execute(insert(step_runs).values(**row)).inserted_primary_key[0])
 
 
-def _metric(result: dict[str, Any], *names: str) -> Any:
-    """First of `names` found in the result, its `metrics`/`cluster`/`accounting` sub-dicts."""
-    scopes = [result] + [result[k] for k in ("metrics", "cluster", "accounting") if isinstance(result.get(k), dict)]
-    for name in names:
-        for scope in scopes:
-            if scope.get(name) is not None:
-                return scope[name]
-    return None
+def record_step(ctx: Any, step: str, metrics: StepMetrics, wall_s: float, cpu_s: float, success: bool) -> int:
+    """Record one run of `step` for `ctx`'s interval, with the plan's predictions if a plan existed.
 
-
-def record_step(ctx: Any, step: str, result: dict[str, Any] | None, wall_s: float, cpu_s: float, success: bool) -> int:
-    """Record one run of `step` for `ctx`'s interval, with the plan's predictions if a plan existed."""
-    result = result if isinstance(result, dict) else {}
+    `metrics`: what the step measured (``StepMetrics.from_result(result)``; all 0 for a step that failed).
+    The cluster size the step did not report (0) is the plan's.
+    """
+    if not isinstance(metrics, StepMetrics):
+        raise TypeError(f"run history: record_step needs StepMetrics for step {step!r}, got {type(metrics).__name__}")
     plan = ctx.plan(step) or {}
     predicted = plan.get("predicted") or {}
-    workers = int(_num(_metric(result, "workers", "nproc") or plan.get("workers"), "workers"))
-    # a result's "threads" is the cluster total (as tasks.resources.cluster.describe reports it);
-    # the store keeps per worker
-    per_worker = _metric(result, "threads_per_worker")
-    total = _metric(result, "threads")
-    if per_worker is None and total is not None and workers:
-        per_worker = max(1, round(_num(total, "threads") / workers))
-    threads = int(_num(per_worker if per_worker is not None else plan.get("threads_per_worker"), "threads"))
     fields: dict[str, Any] = {
         "stage": step,
         "dataset": ctx.dataset,
         "ds": ctx.ds,
         "run_id": str(getattr(ctx, "run_id", "") or ""),
-        "input_bytes": _num(_metric(result, "input_bytes", "bytes_read", "bytes_in"), "input_bytes"),
-        "input_rows": _num(_metric(result, "input_rows", "rows_in"), "input_rows"),
-        "partitions": int(_num(_metric(result, "partitions", "npartitions"), "partitions")),
-        "workers": workers,
-        "threads": threads,
-        "memory_limit": _num(_metric(result, "memory_limit") or plan.get("memory_limit"), "memory_limit"),
+        "input_bytes": float(metrics.input_bytes),
+        "input_rows": float(metrics.input_rows),
+        "partitions": metrics.partitions,
+        "workers": metrics.workers or int(_num(plan.get("workers"), "plan workers")),
+        "threads": metrics.threads_per_worker or int(_num(plan.get("threads_per_worker"), "plan threads_per_worker")),
+        "memory_limit": float(metrics.memory_limit or _num(plan.get("memory_limit"), "plan memory_limit")),
         "wall_s": float(wall_s),
         "cpu_s": float(cpu_s),
-        "peak_memory_per_worker": _num(_metric(result, "peak_memory_per_worker", "peak_memory"),
-                                       "peak_memory_per_worker"),
-        "spilled_bytes": _num(_metric(result, "spilled_bytes"), "spilled_bytes"),
+        "peak_memory_per_worker": float(metrics.peak_memory_per_worker),
+        "spilled_bytes": float(metrics.spilled_bytes),
         "success": bool(success),
         "plan_source": plan.get("source") if plan else None,
         "predicted_wall_s": predicted.get("wall_s"),
@@ -210,8 +259,8 @@ def record_plan(url: str, stage: str, dataset: str, ds: str, plan: dict[str, Any
 
 
 def runs(url: str, stage: str, dataset: str | None = None, success_only: bool = False,
-         limit: int | None = None) -> list[dict[str, Any]]:
-    """Recorded runs of `stage` (optionally one dataset), oldest first, as plain dicts."""
+         limit: int | None = None) -> list[StepRun]:
+    """Recorded runs of `stage` (optionally one dataset), oldest first."""
     q = select(step_runs).where(step_runs.c.stage == stage)
     if dataset is not None:
         q = q.where(step_runs.c.dataset == dataset)
@@ -221,7 +270,7 @@ def runs(url: str, stage: str, dataset: str | None = None, success_only: bool = 
     if limit:
         q = q.limit(limit)
     with engine(url).connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(q)]
+        rows = [StepRun(**r._mapping) for r in conn.execute(q)]
     return rows[::-1]
 
 
@@ -238,19 +287,19 @@ def interval_volumes(url: str, stage: str, dataset: str) -> list[tuple[str, floa
     """(ds, input_bytes) of the latest successful run per interval, ordered by ds: the volume series."""
     latest: dict[str, float] = {}
     for r in runs(url, stage, dataset, success_only=True):
-        if r["input_bytes"] > 0:
-            latest[r["ds"]] = r["input_bytes"]
+        if r.input_bytes > 0:
+            latest[r.ds] = r.input_bytes
     return sorted(latest.items())
 
 
 def accuracy(url: str, stage: str, dataset: str | None = None) -> dict[str, Any]:
     """Predicted vs actual wall time over runs that had a forecast: MAPE and upper-bound coverage."""
-    rows = [r for r in runs(url, stage, dataset, success_only=True) if r["predicted_wall_s"] and r["wall_s"] > 0]
+    rows = [r for r in runs(url, stage, dataset, success_only=True) if r.predicted_wall_s and r.wall_s > 0]
     if not rows:
         return {"n": 0, "wall_mape": None, "upper_coverage": None}
-    ape = [abs(r["predicted_wall_s"] - r["wall_s"]) / r["wall_s"] for r in rows]
-    upper = [r for r in rows if r["predicted_wall_s_upper"]]
-    covered = sum(r["wall_s"] <= r["predicted_wall_s_upper"] for r in upper)
+    ape = [abs(r.predicted_wall_s - r.wall_s) / r.wall_s for r in rows]
+    upper = [r for r in rows if r.predicted_wall_s_upper]
+    covered = sum(r.wall_s <= r.predicted_wall_s_upper for r in upper)
     return {
         "n": len(rows),
         "wall_mape": sum(ape) / len(ape),

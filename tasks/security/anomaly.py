@@ -9,12 +9,12 @@ of the time column, and each categorical column as the log of the value's share 
 history (unseen values get a tiny share), so a burst of rare combinations stands out.
 
 The threshold is the ``1 - contamination`` quantile of the history's own scores
-(``spec.anomaly.contamination``, Param ``anomaly_contamination``): a normal interval
+(``spec.anomaly.contamination``, setting ``anomaly_contamination``): a normal interval
 flags about that share of rows. Flagged rows go to quarantine with reason
 ``anomaly`` (the clean step calls :func:`split_table` (Arrow) or :func:`split_partition` (pandas) per
 partition with a model from :func:`fit_for_context`, then :func:`judge` on the totals). An interval
 whose flagged share exceeds ``anomaly_max_rate`` (default ``spec.anomaly.max_rate``)
-alerts: Param ``anomaly_policy`` ``fail`` raises :class:`AnomalyAlert`, ``warn`` logs
+alerts: setting ``anomaly_policy`` ``fail`` raises :class:`AnomalyAlert`, ``warn`` logs
 and reports. A model is fitted on history, never on the interval it scores, so a
 tight poisoned cluster cannot mask itself.
 """
@@ -32,8 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.errors import KeyringError, LeptonflowError
 from tasks.io import parquet as parquet_io
-from tasks.security.keyring import KeyError_
 from tasks.spec import DatasetSpec
 
 if TYPE_CHECKING:  # scikit-learn costs ~1 s to import: only steps that fit or score a model pay it
@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 REASON = "anomaly"
 UNSEEN_SHARE = 1e-6
-class AnomalyAlert(RuntimeError):
+
+
+class AnomalyAlert(LeptonflowError, RuntimeError):
     """An interval's anomaly rate is over its limit; the message names dataset, interval and rates."""
 
 
@@ -153,7 +155,7 @@ def sample_manifest(lake: Any, m: Any, crypto: Any, columns: list[str], rows: in
         url, i = groups[gi]
         try:
             rg = handles[url].read_row_group(int(i), columns=columns)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             raise parquet_io.ParquetReadError(f"{url}: row group {i}: cannot decrypt: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise parquet_io.ParquetReadError(f"{url}: row group {i}: {exc}") from exc
@@ -192,7 +194,7 @@ def history_sample(ctx: Any) -> tuple[pd.DataFrame, list[str]]:
 
 def score_committed(ctx: Any, model: AnomalyModel | None = None) -> dict[str, Any]:
     """Estimate the anomaly rate of the interval's COMMITTED clean output from a bounded sample
-    (Param ``anomaly_sample_rows``, default 200k, from at most ``anomaly_sample_row_groups``
+    (setting ``anomaly_sample_rows``, from at most ``anomaly_sample_row_groups``
     row groups) and apply the interval rule. A gate for when the clean step did not score."""
     _rule(ctx)
     model = model if model is not None else fit_for_context(ctx)
@@ -270,24 +272,9 @@ def judge(ctx: Any, rows: int, anomalies: int) -> dict[str, Any]:
     return out
 
 
-def _as_table(ctx: Any, table_or_files: Any, columns: list[str]) -> pa.Table | pd.DataFrame:
-    if isinstance(table_or_files, pa.Table | pd.DataFrame):
-        return table_or_files
-    if table_or_files is None:
-        from tasks.security.secure import verified_files
-
-        pairs = verified_files(ctx, "clean")
-        table_or_files = [(u, e.key_id) for u, e in pairs]
-    crypto = ctx.crypto()
-    tables = []
-    for item in table_or_files:
-        url, key_id = item if isinstance(item, tuple) else (item, "encrypted")
-        tables.append(parquet_io.read_table(url, crypto if key_id else None, columns=columns))
-    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.null()) for c in columns})
-
-
-def score_interval(ctx: Any, table_or_files: Any = None, model: AnomalyModel | None = None) -> dict[str, Any]:
-    """Score an interval's clean rows (a table, file URLs, or None = the committed clean output).
+def score_interval(ctx: Any, data: pa.Table | pd.DataFrame, model: AnomalyModel | None = None) -> dict[str, Any]:
+    """Score every row of an interval's clean rows in hand (the committed output is scored from a
+    bounded sample by :func:`score_committed`).
 
     Returns small JSON (counts, rate, threshold, alert); raises :class:`AnomalyAlert` when the
     rate is over the limit and the policy is ``fail``.
@@ -296,7 +283,6 @@ def score_interval(ctx: Any, table_or_files: Any = None, model: AnomalyModel | N
     model = model if model is not None else fit_for_context(ctx)
     if model is None:
         return {"skipped": "no history", "rows": 0, "anomalies": 0, "rate": 0.0, "alert": False}
-    data = _as_table(ctx, table_or_files, model.columns)
     flags = model.flags(data, f"{ctx.dataset} ds={ctx.ds}")
     out = judge(ctx, int(len(flags)), int(flags.sum()))
     out.update(threshold=round(model.threshold, 6), contamination=model.contamination,

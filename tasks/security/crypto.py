@@ -56,9 +56,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tasks.errors import KeyringError, LeptonflowError
 from tasks.io.lake import is_local
 from tasks.security import keyring
-from tasks.security.keyring import KeyError_, Keyring
+from tasks.security.keyring import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ KEY_MATERIAL_PREFIX = "_KEY_MATERIAL_FOR_"
 CACHE_LIFETIME = timedelta(minutes=10)
 
 
-class CryptoError(RuntimeError):
+class CryptoError(LeptonflowError, RuntimeError):
     """Encryption cannot be set up or a rotation fails; the message names the file or key id."""
 
 
@@ -98,7 +99,7 @@ def wrapped_key_id(wrapped: str) -> str:
     fmt, _, rest = wrapped.partition(":")
     key_id = rest.partition(":")[0]
     if fmt != WRAP_FORMAT or not key_id:
-        raise KeyError_("wrapped key is not in leptonflow's format (written by another KMS client?)")
+        raise KeyringError("wrapped key is not in leptonflow's format (written by another KMS client?)")
     return key_id
 
 
@@ -108,11 +109,11 @@ def unwrap(ring: Keyring, role: str, wrapped: str) -> bytes:
     try:
         blob = base64.b64decode(wrapped.split(":", 2)[2], validate=True)
     except (IndexError, ValueError):
-        raise KeyError_(f"wrapped {role} key under {key_id!r} is malformed (tampered key material?)") from None
+        raise KeyringError(f"wrapped {role} key under {key_id!r} is malformed (tampered key material?)") from None
     try:
         return AESGCM(_role_key(master, role)).decrypt(blob[:12], blob[12:], _aad(role, key_id))
     except InvalidTag:
-        raise KeyError_(
+        raise KeyringError(
             f"master key {key_id!r} does not unwrap the {role} key: wrong key material for this id "
             "or tampered key material"
         ) from None
@@ -204,7 +205,7 @@ def file_key_ids(url: str, material: bytes | None = None) -> set[str]:
             if wrapped:
                 try:
                     ids.add(wrapped_key_id(wrapped))
-                except KeyError_ as exc:
+                except KeyringError as exc:
                     raise CryptoError(f"{key_material_url(url)}: {exc}") from None
     return ids
 
@@ -222,7 +223,7 @@ class LakeCrypto:
     def _ring(self) -> tuple[Keyring, str]:
         ring, fp = load_ring(self.keyring_path)
         if self.key_id not in ring.master_keys:
-            raise KeyError_(
+            raise KeyringError(
                 f"master key {self.key_id!r} (active when the task started) is not in the keyring "
                 f"{ring.path or '(LEPTONFLOW_KEYRING_JSON)'} seen by this process"
             )
@@ -282,7 +283,7 @@ def rotate_file(url: str, ring: Keyring, new_key_id: str, double_wrapping: bool 
     fs, path = arrow_fs(url)
     try:
         fac.rotate_master_keys(pe.KmsConnectionConfig(), path, filesystem=fs, double_wrapping=double_wrapping)
-    except KeyError_ as exc:
+    except KeyringError as exc:
         raise CryptoError(f"{url}: cannot re-wrap keys: {exc}") from exc
     except OSError as exc:
         raise CryptoError(f"{url}: cannot re-wrap keys: {exc}") from exc

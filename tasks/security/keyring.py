@@ -15,7 +15,7 @@ when absent it is derived from the key, see :meth:`Keyring.signing_key_id`).
 Rotation (``python -m tasks rotate-keys``, :mod:`tasks.security.crypto`) adds a master key
 with :func:`add_master_key` and makes it active; old keys stay for reading until
 :func:`revoke` marks them revoked, after which any use names the key id in a
-:class:`KeyError_`.
+:class:`tasks.errors.KeyringError`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.errors import KeyringError
+
 log = logging.getLogger(__name__)
-
-
-class KeyError_(LookupError):
-    """A key is missing, unknown or revoked; the message names the key id, never the key."""
 
 
 @dataclass
@@ -50,9 +48,9 @@ class Keyring:
 
     def master_key(self, key_id: str) -> bytes:
         if key_id in self.revoked:
-            raise KeyError_(f"master key {key_id!r} is revoked")
+            raise KeyringError(f"master key {key_id!r} is revoked")
         if key_id not in self.master_keys:
-            raise KeyError_(f"master key {key_id!r} is not in the keyring {self.path or '(env)'}")
+            raise KeyringError(f"master key {key_id!r} is not in the keyring {self.path or '(env)'}")
         return self.master_keys[key_id]
 
     @property
@@ -87,11 +85,11 @@ class Keyring:
                 signing_id=str(doc.get("signing_key_id", "")),
             )
         except (KeyError, ValueError, TypeError) as exc:
-            raise KeyError_(f"keyring {path or '(env)'} is malformed: missing or bad field {exc}") from None
+            raise KeyringError(f"keyring {path or '(env)'} is malformed: missing or bad field {exc}") from None
 
     def save(self, path: str | Path | None = None) -> None:
         if not (path or self.path):
-            raise KeyError_("this keyring came from LEPTONFLOW_KEYRING_JSON: save it through its secrets backend")
+            raise KeyringError("this keyring came from LEPTONFLOW_KEYRING_JSON: save it through its secrets backend")
         path = Path(path or self.path)
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700)
@@ -153,9 +151,9 @@ def add_master_key(ring: Keyring, make_active: bool = True) -> str:
 def revoke(ring: Keyring, key_id: str) -> None:
     """Mark a master key revoked: files still wrapped by it can no longer be read."""
     if key_id not in ring.master_keys:
-        raise KeyError_(f"master key {key_id!r} is not in the keyring {ring.path or '(env)'}")
+        raise KeyringError(f"master key {key_id!r} is not in the keyring {ring.path or '(env)'}")
     if key_id == ring.active:
-        raise KeyError_(f"master key {key_id!r} is the active key; rotate to a new key before revoking it")
+        raise KeyringError(f"master key {key_id!r} is the active key; rotate to a new key before revoking it")
     ring.revoked.add(key_id)
     log.info("revoked master key %s in keyring %s", key_id, ring.path or "(env)")
 
@@ -190,15 +188,15 @@ def load(path: str | Path | None = None, create: bool = True, use_env: bool = Tr
         try:
             parsed = json.loads(doc)
         except json.JSONDecodeError as exc:
-            raise KeyError_(f"LEPTONFLOW_KEYRING_JSON is not valid JSON (line {exc.lineno})") from None
+            raise KeyringError(f"LEPTONFLOW_KEYRING_JSON is not valid JSON (line {exc.lineno})") from None
         return Keyring.from_doc(parsed)
     path = Path(path or (os.environ.get("LEPTONFLOW_KEYRING") if use_env else None) or default_path())
     if not path.exists():
         if not create:
-            raise KeyError_(f"no keyring at {path}")
+            raise KeyringError(f"no keyring at {path}")
         return generate(path)
     try:
         parsed = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise KeyError_(f"keyring {path} is not valid JSON (line {exc.lineno})") from None
+        raise KeyringError(f"keyring {path} is not valid JSON (line {exc.lineno})") from None
     return Keyring.from_doc(parsed, path=str(path))

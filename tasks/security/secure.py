@@ -14,7 +14,7 @@ quarantine, ``quarantine_validation``) and split
 Then the poisoned-data gate (before training): the clean step's anomaly result if it
 recorded one (``clean.extra["anomaly"]``), else :func:`tasks.security.anomaly.score_committed`
 on a bounded sample of the committed clean rows; over ``anomaly_max_rate`` with policy
-``fail`` it raises ``AnomalyAlert`` and nothing is sealed (Param ``anomaly_check`` off
+``fail`` it raises ``AnomalyAlert`` and nothing is sealed (setting ``anomaly_check`` off
 skips it).
 
 Then it seals: a committed ``secure`` manifest whose ``extra`` lists each checked
@@ -22,29 +22,27 @@ manifest's digest, the sha256 of every key-material sidecar and the anomaly resu
 signed like any manifest. A later change to a checked manifest or sidecar no longer
 matches its seal (:func:`verify_seal`).
 
-Other steps read through :func:`verified_files` (signature + sha256 before use), and
-load model weights through :func:`verify_and_load_state_dict`.
+Every size and sha256 check goes through :mod:`tasks.io.verified`, the lake's one verified
+reader, which other steps use too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.errors import IntegrityError, KeyringError
 from tasks.io import parquet as parquet_io
+from tasks.io import verified
 from tasks.io.code_version import code_version
 from tasks.io.lake import FileEntry, Lake, Manifest
 from tasks.security import crypto as lfcrypto
-from tasks.security.keyring import KeyError_
 from tasks.security.signing import signature_key_id
 
 log = logging.getLogger(__name__)
@@ -53,57 +51,24 @@ SECURED_STAGES = ("clean", "quarantine", "quarantine_validation", "split")
 IN_MEMORY_MAX = 256 << 20  # files up to this size are fetched once and checked from memory
 
 
-class IntegrityError(RuntimeError):
-    """A lake file or artifact is not what its manifest says; the message names the file."""
-
-
-def _sha256(url: str) -> str:
-    try:
-        return parquet_io.sha256_of(url)
-    except FileNotFoundError:
-        raise IntegrityError(f"{url}: file listed in the manifest is missing") from None
-
-
-def check_sha256(url: str, entry: FileEntry) -> None:
-    actual = _sha256(url)
-    if not hmac.compare_digest(actual, entry.sha256):
-        raise IntegrityError(f"{url}: sha256 {actual[:16]}... does not match the manifest's {entry.sha256[:16]}...")
-
-
-def verified_files(ctx: Any, stage: str, group: str | None = None) -> list[tuple[str, FileEntry]]:
-    """(url, entry) of the interval's committed `stage` files, after signature and sha256 checks.
-
-    Raises ``ManifestError`` (no output / bad signature) or :class:`IntegrityError` (naming the file).
-    """
-    lake: Lake = ctx.lake
-    m = lake.require(stage, ctx.dataset, ctx.ds)
-    out = []
-    for entry in m.group_files(group):
-        url = lake.full_url(lake.abspath(m, entry))
-        check_sha256(url, entry)
-        out.append((url, entry))
-    return out
-
-
-def _check_file(url: str, entry: FileEntry, crypto: Any, known_keys: set[str]) -> dict[str, Any]:
+def _check_file(lake: Lake, m: Manifest, entry: FileEntry, crypto: Any, known_keys: set[str]) -> dict[str, Any]:
     """All checks of one file; returns its key ids and sidecar digest (small JSON).
 
     Files up to IN_MEMORY_MAX are fetched once (one GET on object stores) and every check
     runs on those bytes; larger ones are streamed.
     """
+    url = verified.file_url(lake, m, entry)
     info: dict[str, Any] = {"path": entry.path, "rows": entry.rows, "encrypted": bool(entry.key_id)}
-    data = _fetch_small(url, entry)
+    data = verified.read_bytes(lake, m, entry) if entry.bytes <= IN_MEMORY_MAX else None
     if data is None:
-        check_sha256(url, entry)
-    elif not hmac.compare_digest(hashlib.sha256(data).hexdigest(), entry.sha256):
-        raise IntegrityError(f"{url}: sha256 does not match the manifest's {entry.sha256[:16]}...")
+        verified.check_file(lake, m, entry)
 
     def parquet(props: Any) -> pq.ParquetFile:
         if data is None:
             return parquet_io.open_parquet(url, crypto if props is not None else None)
         try:
             return pq.ParquetFile(pa.BufferReader(data), decryption_properties=props)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             raise parquet_io.ParquetReadError(f"{url}: cannot decrypt: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise parquet_io.ParquetReadError(f"{url}: cannot read Parquet file: {exc}") from exc
@@ -131,7 +96,7 @@ def _check_file(url: str, entry: FileEntry, crypto: Any, known_keys: set[str]) -
     for i in range(pf.num_row_groups):  # decrypts + authenticates every page
         try:
             rows += pf.read_row_group(i).num_rows
-        except KeyError_ as exc:
+        except KeyringError as exc:
             raise parquet_io.ParquetReadError(f"{url}: row group {i}: cannot decrypt: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise parquet_io.ParquetReadError(f"{url}: row group {i}: {exc}") from exc
@@ -140,23 +105,12 @@ def _check_file(url: str, entry: FileEntry, crypto: Any, known_keys: set[str]) -
     return info
 
 
-def _fetch_small(url: str, entry: FileEntry) -> bytes | None:
-    if entry.bytes > IN_MEMORY_MAX:
-        return None
-    fs, path = fsspec.core.url_to_fs(url)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        raise IntegrityError(f"{url}: file listed in the manifest is missing") from None
-
-
 def check_manifest(lake: Lake, m: Manifest, crypto: Any, known_keys: set[str]) -> dict[str, Any]:
     """Check every file of a (signature-verified) manifest, in parallel threads (I/O and pyarrow
     release the GIL)."""
-    urls = [lake.full_url(lake.abspath(m, e)) for e in m.files]
-    workers = max(1, min(len(urls), os.cpu_count() or 1, 8))
+    workers = max(1, min(len(m.files), os.cpu_count() or 1, 8))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        infos = list(pool.map(lambda u, e: _check_file(u, e, crypto, known_keys), urls, m.files))
+        infos = list(pool.map(lambda e: _check_file(lake, m, e, crypto, known_keys), m.files))
     return {
         "version": m.version,
         "digest": m.digest(),
@@ -250,24 +204,3 @@ def verify_seal(ctx: Any) -> dict[str, Any]:
                     "(re-wrapped by a rotation, or tampered); re-run secure"
                 )
     return {"sealed": sorted(seal.extra.get("checked", {})), "seal_version": seal.version}
-
-
-def verify_and_load_state_dict(path: str, expected_sha256: str, map_location: str = "cpu") -> dict[str, Any]:
-    """Load a torch state dict only after its sha256 matches, and only as tensors (weights_only)."""
-    import torch  # lazy: most steps never load weights
-
-    fs, p = fsspec.core.url_to_fs(path)
-    try:
-        data = fs.cat_file(p)
-    except FileNotFoundError:
-        raise IntegrityError(f"{path}: model artifact is missing") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if not expected_sha256 or not hmac.compare_digest(actual, expected_sha256.lower()):
-        raise IntegrityError(f"{path}: sha256 {actual[:16]}... does not match the expected {expected_sha256[:16]}...")
-    try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError/RuntimeError for non-tensor payloads
-        raise IntegrityError(f"{path}: not a plain state dict (refused by weights_only load): {exc}") from exc
-    if not isinstance(state, dict):
-        raise IntegrityError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state

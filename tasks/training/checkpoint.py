@@ -32,6 +32,7 @@ from typing import Any
 import fsspec
 import torch
 
+from tasks.errors import LeptonflowError
 from tasks.io.lake import is_local, write_atomic
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ LATEST = "latest.json"
 KEEP = 2  # checkpoints kept: the newest and one fallback
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LeptonflowError, RuntimeError):
     """A checkpoint cannot be written; the message names the file."""
 
 

@@ -39,17 +39,14 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tasks.io.parquet import ParquetCrypto, ParquetReadError, open_parquet
+from tasks.errors import FeatureError, ParquetReadError
+from tasks.io.parquet import ParquetCrypto, open_parquet
 from tasks.prep import features
 
 log = logging.getLogger(__name__)
 _OPEN_FILES = 8  # open Parquet files kept per shard iterator
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-class FeatureError(ValueError):
-    """A split file lacks a feature column or has one of the wrong type; the message names it."""
 
 
 # ---- the feature transform ---------------------------------------------------------------------
@@ -68,7 +65,7 @@ def transform(table: pa.Table, stats: dict[str, Any], source: str = "<table>") -
     """The shared feature transform (``tasks.prep.features.transform``), errors naming `source`, a label check."""
     try:
         x_num, x_cat, y = features.transform(table, stats)
-    except features.FeatureError as exc:
+    except FeatureError as exc:
         raise FeatureError(f"{source}: {exc}") from exc
     if np.isnan(y).any():
         raise FeatureError(f"{source}: label column {stats['label']!r} is missing or has null values")

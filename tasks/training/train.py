@@ -3,7 +3,7 @@
 Two halves, in two kinds of process:
 
 * ``run(ctx)`` (the step, in the Airflow task or the CLI) decides nproc and
-  device (the ``plan_train`` plan, else Param ``train_nproc``), writes a JSON
+  device (the ``plan_train`` plan, else setting ``train_nproc``), writes a JSON
   config (paths, stats, hparams; never key material) and launches the ranks the
   way ``torchrun`` does: ``python -m torch.distributed.run --standalone ... -m
   tasks.training.train --config F`` in a fresh subprocess whose output is streamed into
@@ -39,9 +39,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import SettingError
+from tasks.errors import LeptonflowError, ManifestError, SettingError
 from tasks.io.code_version import code_version
-from tasks.io.lake import FileEntry, Lake, Manifest, ManifestError, fingerprint
+from tasks.io.lake import FileEntry, Lake, Manifest, fingerprint
+from tasks.resources.step_metrics import StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ RESULT = "result.json"
 _RUNNING: set[subprocess.Popen] = set()  # torchrun launchers of this process (for stop_running)
 
 
-class TrainError(RuntimeError):
+class TrainError(LeptonflowError, RuntimeError):
     """Training could not run or the rank processes failed; the message says which and why."""
 
 
@@ -92,7 +93,7 @@ def placement(ctx: Any) -> tuple[int, str]:
         log.warning("nproc %d > %d visible GPUs: using one process per GPU", nproc, torch.cuda.device_count())
         nproc = torch.cuda.device_count()
     if nproc < 1:
-        raise TrainError(f"nproc must be >= 1, got {nproc}")
+        raise TrainError(f"nproc must be >= 1, got {nproc} (from the plan_train plan or setting train_nproc)")
     return nproc, device
 
 
@@ -184,7 +185,7 @@ def _curves_png(history: list[dict[str, Any]], metric: str) -> bytes:
 
 def run(ctx: Any) -> dict[str, Any]:
     from tasks.training.checkpoint import CheckpointStore
-    from tasks.training.evaluate import primary_metric
+    from tasks.training.metrics import primary_metric
     from tasks.training.stream import row_group_rows
 
     lake: Lake = ctx.lake
@@ -246,10 +247,11 @@ def run(ctx: Any) -> dict[str, Any]:
             "epochs_run": len(result["history"]), "best_val_metric": result["best_val_metric"],
             "metric": metric_name, "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
             "train_samples_per_s": result["train_samples_per_s"], "global_step": result["global_step"],
-            "resumed_from_step": result["resumed_from_step"], "nproc": nproc, "device": device,
+            "resumed_from_step": result["resumed_from_step"], "device": device,
             "peak_gpu_mem_bytes": result.get("peak_gpu_mem_bytes"),
-            "input_rows": split.rows_in("train"),
-            "input_bytes": sum(f.bytes for f in split.group_files("train")),
+            # workers = the ranks; threads, memory limit: the plan's (tasks.resources.history.record_step)
+            **StepMetrics(input_bytes=sum(f.bytes for f in split.group_files("train")),
+                          input_rows=split.rows_in("train"), workers=nproc).to_json(),
         }
         manifest = lake.commit(Manifest(
             stage="model", dataset=ctx.dataset, ds=ctx.ds, version=version, files=files,
@@ -274,7 +276,7 @@ class Trainer:
 
         from tasks.context import StepContext
         from tasks.training.checkpoint import CheckpointStore
-        from tasks.training.evaluate import primary_metric
+        from tasks.training.metrics import primary_metric
         from tasks.training.model import build_model, loss_fn
 
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -400,7 +402,8 @@ class Trainer:
         """(val metric, val loss) computed on rank 0 over the whole val split, shared with every rank."""
         import torch
 
-        from tasks.training.evaluate import metric_value, predict_batches
+        from tasks.training.metrics import metric_value
+        from tasks.training.predict import predict_batches
 
         value = [0.0, 0.0]
         if self.rank == 0:
@@ -410,7 +413,7 @@ class Trainer:
                 loss = torch.nn.functional.binary_cross_entropy(pt.clamp(1e-7, 1 - 1e-7), yt.double()).item()
             else:
                 loss = torch.nn.functional.mse_loss(pt, yt.double()).item()
-            value = [metric_value(self.task, y, p), loss]
+            value = [metric_value(self.task, y, p, split="val"), loss]
         metric, loss = self._broadcast(value)
         return metric, loss
 
@@ -432,7 +435,8 @@ class Trainer:
             ds = self.dataset("train", epoch, st["step_in_epoch"])
             steps = ds.steps_per_epoch()
             if steps == 0:
-                raise TrainError(f"train split has too few rows ({ds.rows}) for one batch per rank")
+                raise TrainError(f"train split has too few rows ({ds.rows}) for one batch of {self.local_batch} "
+                                 f"per rank ({self.world} ranks; setting batch_size is the global batch)")
             loader = DataLoader(ds, batch_size=None, num_workers=self.workers, pin_memory=self.cuda,
                                 prefetch_factor=4 if self.workers else None)
             net.train()

@@ -27,6 +27,7 @@ from distributed import Client
 from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
+from tasks.errors import LeptonflowError
 from tasks.io import parquet as parquet_io
 from tasks.validation import drift, partials
 from tasks.validation import expectations as lfx
@@ -47,7 +48,7 @@ SUPPORTED = TABLE_LEVEL | ROW_LEVEL | UNIQUE | lfx.DRIFT_TYPES | lfx.SPLIT_TYPES
 MAX_FILES_NAMED = 10
 
 
-class SuiteNotSupported(ValueError):
+class SuiteNotSupported(LeptonflowError, ValueError):
     """The suite has an expectation type the distributed engine does not evaluate."""
 
 

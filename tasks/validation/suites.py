@@ -33,6 +33,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
+from tasks.errors import LeptonflowError
 from tasks.spec import ColumnSpec, DatasetSpec, spec_for
 from tasks.validation import expectations as lfx
 
@@ -56,7 +57,7 @@ RAW_TYPES: dict[str, list[str]] = {
 }
 
 
-class SuiteError(ValueError):
+class SuiteError(LeptonflowError, ValueError):
     """An overrides file or stored suite is malformed; the message names the file."""
 
 

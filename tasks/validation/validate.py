@@ -9,10 +9,10 @@ results into one GX ``ExpectationSuiteValidationResult``; Data Docs go to
 
 Data Docs: GX 1.x renders a page from a result object offline (``ValidationResultsPageRenderer``),
 but that page loads its CSS/JS from CDNs, so the page we link is our own self-contained
-``index.html``; Param ``gx_data_docs`` (default false) also writes GX's page as ``gx.html``
+``index.html``; setting ``gx_data_docs`` also writes GX's page as ``gx.html``
 (its Jinja rendering costs 0.5-1 s per run).
 
-Param ``validation_policy``:
+setting ``validation_policy``:
 - ``fail`` (default): raise :class:`ValidationFailed` listing each failing expectation;
 - ``warn``: log the failures and return ``success: False``;
 - ``quarantine``: write the raw rows that break failing row-level expectations to the
@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from tasks.context import StepContext
+from tasks.errors import LeptonflowError
 from tasks.io.code_version import code_version
 from tasks.io.lake import Manifest, fingerprint
-from tasks.resources.cluster import client_for
+from tasks.resources.cluster import client_for, describe
+from tasks.resources.step_metrics import StepMetrics, cluster_metrics
 from tasks.validation import datadocs, engine, suites
 from tasks.validation.partials import HIST_BINS, exp_columns, quarantine_chunk
 
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_STAGE = "quarantine_validation"
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(LeptonflowError, RuntimeError):
     """A suite failed under policy ``fail``; the message lists each failing expectation."""
 
     def __init__(self, message: str, result: dict[str, Any]):
@@ -206,6 +208,12 @@ def _apply_policy(summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _metrics(outcome: engine.Outcome, input_bytes: int, size: dict[str, Any]) -> StepMetrics:
+    """What a validation run measured: its input, tasks and cluster (not part of the Data Docs summary)."""
+    return StepMetrics(input_bytes=input_bytes, input_rows=outcome.merged["rows"], partitions=len(outcome.chunks),
+                       **cluster_metrics(size))
+
+
 def _cached(ctx: StepContext, kind: str, fingerprint: str) -> dict[str, Any] | None:
     m = ctx.lake.manifest(datadocs.STAGE, ctx.dataset, ctx.ds)
     if m is None or m.code_version != code_version(__name__):
@@ -250,7 +258,9 @@ def run_raw(ctx: StepContext) -> dict[str, Any]:
         if policy == "quarantine" and not table_fail:
             # committed even when empty: a re-run must not leave an earlier run's quarantine behind
             extra["quarantine"] = _quarantine(ctx, client, outcome, ctx.crypto())
-    return _finish(ctx, "raw", outcome, policy, fp, extra)
+        size = describe(client)
+    metrics = _metrics(outcome, sum(lake.fs.size(p) for p in paths), size)
+    return {**_finish(ctx, "raw", outcome, policy, fp, extra), **metrics.to_json()}
 
 
 def _bounds(ctx: StepContext) -> dict[str, tuple[float, float]]:
@@ -334,11 +344,13 @@ def run_clean(ctx: StepContext) -> dict[str, Any]:
             split=split_info,
             meta={"dataset": ctx.dataset, "ds": ctx.ds, "run_id": ctx.run_id, "clean_version": clean.version},
         )
+        size = describe(client)
+    metrics = _metrics(outcome, sum(f.bytes for f in clean.files), size)
     drift = dict(outcome.drift)
     drift["previous_ds"] = previous.ds if previous is not None else None
     drift["baseline"] = "stored profile" if stored is not None else ("recomputed" if previous is not None else None)
     drift["failing"] = [f["column"] for f in _failing(outcome) if f["expectation"] in engine.lfx.DRIFT_TYPES]
-    return _finish(
+    summary = _finish(
         ctx,
         "clean",
         outcome,
@@ -348,6 +360,7 @@ def run_clean(ctx: StepContext) -> dict[str, Any]:
         extra_files={PROFILE_FILE: _profile_bytes(outcome.merged["profile"])},
         suite_extra={"profile_of": clean.digest(), "profile_key": pkey},
     )
+    return {**summary, **metrics.to_json()}
 
 
 def read_quarantine(ctx: StepContext) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.context import StepContext
 from tasks.io.parquet import read_table
-from tasks.security.secure import verified_files
+from tasks.io.verified import verified_paths
 from tests.e2e.conftest import DAG_ID, FAST, day, failed_logs
 
 pytestmark = pytest.mark.slow
@@ -72,11 +72,11 @@ def _interval_facts(ds: str) -> dict:
     facts = {}
     for stage in STAGES:
         m = ctx.lake.require(stage, "events", ds)
-        files = verified_files(ctx, stage)
+        files = verified_paths(ctx.lake, m)
         assert len(files) == len(m.files)
         facts[stage] = {"rows": m.rows, "version": m.version}
     clean = ctx.lake.require("clean", "events", ds)
-    table = pa.concat_tables(read_table(url, ctx.crypto(), ["event_id"]) for url, _ in verified_files(ctx, "clean"))
+    table = pa.concat_tables(read_table(url, ctx.crypto(), ["event_id"]) for url, _ in verified_paths(ctx.lake, clean))
     facts["distinct_keys"] = pc.count_distinct(table["event_id"]).as_py()
     acc = clean.extra["accounting"]
     facts["balanced"] = acc["rows_in"] == acc["rows_clean"] + acc["rows_rejected"]

@@ -55,7 +55,7 @@ def test_published_model_predicts_better_than_chance(pipeline_run):
     from tasks.io.parquet import read_table
     from tasks.prep import features
     from tasks.publishing import publish
-    from tasks.training import evaluate
+    from tasks.training import predict
 
     ctx = StepContext(dataset="events", ds=pipeline_run["ds"])
     pointer = json.loads(Path(ctx.artifacts_url, "models", "events", "latest.json").read_text())
@@ -69,7 +69,7 @@ def test_published_model_predicts_better_than_chance(pipeline_run):
 
     table = pa.concat_tables(tables)
     _, _, y = features.transform(table, stats)
-    scores = evaluate.predict(model, stats, table)
+    scores = predict.predict(model, stats, table)
     auc = roc_auc_score(y, np.asarray(scores))
     assert auc > 0.65, auc
 

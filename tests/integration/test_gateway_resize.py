@@ -103,7 +103,7 @@ def test_sensor_scales_gateway_cluster_for_clean_then_down(lf_home, gateway_conf
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = json.loads(proc.stdout[proc.stdout.index("{"):])
-        assert result["rows_in"] == 20000 or result.get("accounting", {}).get("rows_in") == 20000
+        assert result["input_rows"] == 20000 == result["accounting"]["rows_in"]
     else:
         raw = f"{lake}/raw/events/ds={ds}"
         proc = subprocess.run([PY, "-c", CLEAN_LIKE, json.dumps(gateway_config), json.dumps(plan), raw],

@@ -8,6 +8,7 @@ from sqlalchemy import inspect
 
 from tasks.context import StepContext
 from tasks.resources import forecast, history
+from tasks.resources.step_metrics import StepMetrics
 from tests.postgres_server import pg_bin, start_postgres
 
 pytestmark = pytest.mark.postgres
@@ -27,12 +28,12 @@ def test_history_roundtrip_on_postgres(pg_url):
     plan = {"workers": 2, "threads_per_worker": 1, "memory_limit": 1 << 30, "source": "forecast",
             "predicted": {"wall_s": 4.0, "wall_s_upper": 5.0}}
     ctx = StepContext(dataset="events", ds="2026-11-01", history_url=pg_url, upstream={"plan_clean": plan})
-    history.record_step(ctx, "clean", {"input_bytes": 5e8, "rows_in": 10, "workers": 2}, 5.0, 6.0, True)
+    history.record_step(ctx, "clean", StepMetrics(input_bytes=500_000_000, input_rows=10, workers=2), 5.0, 6.0, True)
     history.dispose(pg_url)  # reconnect: schema creation must be idempotent on PostgreSQL too
-    history.record_step(ctx, "clean", {"input_bytes": 6e8, "rows_in": 12, "workers": 2}, 4.0, 5.0, False)
+    history.record_step(ctx, "clean", StepMetrics(input_bytes=600_000_000, input_rows=12, workers=2), 4.0, 5.0, False)
     assert {"lf_step_runs", "lf_plans"} <= set(inspect(history.engine(pg_url)).get_table_names())
     rows = history.runs(pg_url, "clean", "events")
-    assert [(r["input_bytes"], r["success"]) for r in rows] == [(5e8, True), (6e8, False)]
+    assert [(r.input_bytes, r.input_rows, r.success) for r in rows] == [(5e8, 10, True), (6e8, 12, False)]
     acc = history.accuracy(pg_url, "clean", "events")
     assert acc["n"] == 1 and acc["wall_mape"] == pytest.approx(0.2)
 

@@ -11,6 +11,7 @@ from moto.server import ThreadedMotoServer  # needs moto's server extras (flask,
 from tasks.compression import compress
 from tasks.context import StepContext
 from tasks.publishing import publish
+from tasks.training.metrics import metric_value
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 DS = "2026-11-04"
@@ -60,7 +61,7 @@ def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):
     assert "endpoint_url" not in json.dumps(latest)
 
     served = publish.load_published("s3://models/prod/models/events", ctx.keys, options)
-    auc = compress.compute_metric("classification", data["test"].y.numpy(), compress.predict(served, data["test"]))
+    auc = metric_value("classification", data["test"].y.numpy(), compress.predict(served, data["test"]))
     summary = ctx.lake.require("compressed", "events", DS).extra["summary"]
     assert auc == pytest.approx(summary["test_metric"], abs=1e-9)
 

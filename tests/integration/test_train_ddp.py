@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from tasks import params
 from tasks.context import StepContext
 from tasks.io.parquet import read_table
 from tasks.steps import run_step
-from tasks.training.evaluate import load_model, predict
+from tasks.training.model import parse_hidden
+from tasks.training.predict import load_model, predict
 from tasks.training.train import checkpoint_url
 from tests.train_data import make_split
 
@@ -34,7 +36,7 @@ def train(ds: str, nproc: int, encrypt: bool, workers: int | None = None) -> tup
 def test_two_gloo_ranks_match_one_rank(lf_home):
     ctx1, r1 = train("2026-11-02", 1, encrypt=False)
     ctx2, r2 = train("2026-11-03", 2, encrypt=True, workers=1)  # ranks' DataLoader workers decrypt
-    assert (r1["nproc"], r2["nproc"], r1["device"], r2["device"]) == (1, 2, "cpu", "cpu")
+    assert (r1["workers"], r2["workers"], r1["device"], r2["device"]) == (1, 2, "cpu", "cpu")
     split2 = ctx2.lake.require("split", "events", "2026-11-03")
     assert all(f.key_id for f in split2.files)
     # same global batch over the same rows: the same number of optimizer steps
@@ -54,9 +56,12 @@ def test_two_gloo_ranks_match_one_rank(lf_home):
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
 
     # both models score the same test rows alike
-    model1, stats1, cfg1 = load_model(ctx1)
-    model2, stats2, _ = load_model(ctx2)
-    assert cfg1["hparams"]["hidden"] == [64, 32] and cfg1["spec_fingerprint"] == ctx1.spec.fingerprint()
+    t1 = load_model(ctx1.lake, ctx1.lake.require("model", "events", "2026-11-02"))
+    t2 = load_model(ctx2.lake, ctx2.lake.require("model", "events", "2026-11-03"))
+    model1, stats1, cfg1 = t1.model, t1.stats, t1.config
+    model2, stats2 = t2.model, t2.stats
+    assert cfg1["hparams"]["hidden"] == parse_hidden(params.get("hidden").default)
+    assert cfg1["spec_fingerprint"] == ctx1.spec.fingerprint()
     test = [ctx1.lake.abspath(ctx1.lake.require("split", "events", "2026-11-02"), f)
             for f in ctx1.lake.require("split", "events", "2026-11-02").group_files("test")]
     table = read_table(test[0])

@@ -72,7 +72,7 @@ def test_committed_interval_is_scored_from_the_lake(lake_with_history):
     ctx = _ctx()
     commit_table(ctx, "clean", {"": events(N, DS, seed=10, poison=400)}, ctx.crypto())
     with pytest.raises(anomaly.AnomalyAlert):
-        anomaly.score_interval(ctx)
+        anomaly.score_committed(ctx)
 
 
 def test_history_sample_is_bounded(lake_with_history):

@@ -18,6 +18,7 @@ from tasks.context import StepContext
 from tasks.io import hashing
 from tasks.io.parquet import read_table
 from tasks.prep import clean, datagen
+from tasks.resources.step_metrics import StepMetrics
 from tasks.spec import spec_for
 
 SPEC = spec_for("events")
@@ -103,9 +104,13 @@ def test_accounting_matches_generated_faults_exactly(tmp_path, dask_address):
     ts = out.column("event_ts")
     assert pc.min(ts).as_py() >= T0 and pc.max(ts).as_py() < datetime(2026, 11, 2, tzinfo=UTC)
     assert pc.all(pc.equal(out.column("email"), pc.utf8_lower(out.column("email")))).as_py()
-    # result carries cluster metrics for the run history
-    assert r["workers"] == 2 and r["threads"] == 2 and r["memory_limit"] > 0 and r["partitions"] == 3
-    assert r["peak_memory_per_worker"] > 0 and r["input_rows"] == 30_000
+    # result carries cluster metrics for the run history, every one under its canonical name
+    assert set(StepMetrics.names()) <= set(r) and "rows_in" not in r and "threads" not in r
+    m = StepMetrics.from_result(r, "clean")
+    assert (m.workers, m.threads_per_worker, m.partitions) == (2, 1, 3) and m.memory_limit > 0
+    assert m.peak_memory_per_worker > 0 and m.input_rows == 30_000 and m.output_rows == acc["rows_clean"]
+    assert m.input_bytes == m.bytes_read == info["bytes"] and m.bytes_written > 0
+    assert m.bytes_shuffled == acc["bytes_shuffled"] > 0
 
 
 def test_every_rule_on_handmade_rows(tmp_path, dask_address):
@@ -200,7 +205,7 @@ def test_cache_hit_does_no_work_and_param_change_replaces(tmp_path, dask_address
     mpath = tmp_path / "lake/clean/events" / f"ds={DS}" / "_manifest.json"
     before = mpath.read_bytes()
     again = clean.run(_ctx(tmp_path, dask_address))
-    assert again["cache_hit"] is True and again["rows_clean"] == first["rows_clean"]
+    assert again["cache_hit"] is True and again["output_rows"] == first["output_rows"]
     assert mpath.read_bytes() == before
     # a cache hit must not even need a cluster
     assert clean.run(_ctx(tmp_path, "tcp://127.0.0.1:1"))["cache_hit"] is True

@@ -40,7 +40,7 @@ def test_poisoned_rows_go_to_quarantine_with_reason_anomaly(lake_with_history):
     res = clean.run(ctx)
     flagged = res["rejected_by_reason"]["anomaly"]
     assert flagged >= 400  # most of the 600 poisoned rows
-    assert res["rows_in"] == res["rows_clean"] + res["rows_rejected"]
+    assert res["input_rows"] == res["output_rows"] + res["rows_rejected"]
     q = _quarantined(ctx)
     reasons = q.column("_reason").to_pylist()
     assert reasons.count("anomaly") == flagged
@@ -50,7 +50,7 @@ def test_poisoned_rows_go_to_quarantine_with_reason_anomaly(lake_with_history):
 
 def test_normal_interval_flags_few_rows(lake_with_history):
     res = clean.run(_ctx("2026-11-02", rerun=1))
-    assert res["rejected_by_reason"].get("anomaly", 0) / res["rows_in"] < 0.05
+    assert res["rejected_by_reason"].get("anomaly", 0) / res["input_rows"] < 0.05
 
 
 def test_fail_policy_stops_before_anything_is_committed(lake_with_history):

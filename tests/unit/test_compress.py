@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from tasks.compression import compress, export, prune
+from tasks.errors import IntegrityError
+from tasks.io import verified
 from tasks.io.lake import Lake
 from tasks.security import signing
 from tasks.security.keyring import generate
+from tasks.training.metrics import metric_value
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 
@@ -163,7 +166,7 @@ def test_single_class_val_is_a_clear_error(trained):
     with pytest.raises(ValueError, match="val split has a single label class"):
         compress.search(model, train, one_class, "classification", repeats=1)
     with pytest.raises(ValueError, match="val split: 2 rows have no label value"):
-        compress.compute_metric("classification", np.array([0.0, np.nan, 1.0, np.nan]), np.zeros(4))
+        metric_value("classification", np.array([0.0, np.nan, 1.0, np.nan]), np.zeros(4))
     with pytest.raises(ValueError, match="row count"):
         compress.TabularData(val.x_num[:3], val.x_cat, val.y)
 
@@ -183,7 +186,7 @@ def test_compress_and_commit_writes_a_signed_stage(tmp_path, trained):
     assert {"model.pt", "compression.json", "compression.md", "compression.png",
             "candidates.json"} <= names
     summary = got.extra["summary"]
-    structure = json.loads(compress.read_verified(lake, got, next(f for f in got.files
+    structure = json.loads(verified.read_bytes(lake, got, next(f for f in got.files
                                                                   if f.path.endswith("compression.json"))))
     assert structure["candidate"] == summary["chosen"]["name"]
     assert structure["serving_format"] in names and summary["serving_format"] == structure["serving_format"]
@@ -198,8 +201,8 @@ def test_compress_and_commit_writes_a_signed_stage(tmp_path, trained):
     path = lake.abspath(got, entry)
     with open(path, "ab") as fh:
         fh.write(b"x")
-    with pytest.raises(Exception, match="sha256 .* does not match"):
-        compress.read_verified(lake, got, entry)
+    with pytest.raises(IntegrityError, match=r"model.pt: size .* does not match the manifest"):
+        verified.read_bytes(lake, got, entry)
 
 
 def test_run_step_on_pipeline_manifests_then_cache_hit(lf_home, tmp_path):
@@ -254,7 +257,7 @@ def test_run_step_on_pipeline_manifests_then_cache_hit(lf_home, tmp_path):
     res = publish.run(ctx)
     served = publish.load_published(res["artifact_url"], ctx.keys)
     test = compress.TabularData.from_numpy(*features.transform(parts["test"], stats))
-    auc = compress.compute_metric("classification", test.y.numpy(), compress.predict(served, test))
+    auc = metric_value("classification", test.y.numpy(), compress.predict(served, test))
     assert auc == pytest.approx(first["test_metric"], abs=1e-9)
     doc = json.loads((Path(res["artifact_url"]) / "manifest.json").read_text())
     assert doc["lineage"]["manifests"]["split"]["version"] == version

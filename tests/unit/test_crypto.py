@@ -14,7 +14,7 @@ from tasks.context import StepContext
 from tasks.io import parquet as parquet_io
 from tasks.io.lake import ManifestError
 from tasks.security import crypto, keyring
-from tasks.security.keyring import KeyError_
+from tasks.security.keyring import KeyringError
 from tests.unit.secure_data import commit_table, events
 
 DS = "2026-11-03"
@@ -65,7 +65,7 @@ class _NoPiiKms(pe.KmsClient):
 
     def unwrap_key(self, wrapped_key, master_key_identifier):
         if master_key_identifier == crypto.ROLE_PII:
-            raise KeyError_("no access to PII")
+            raise KeyringError("no access to PII")
         return crypto.unwrap(self.ring, master_key_identifier, wrapped_key)
 
 
@@ -81,7 +81,7 @@ def test_pii_columns_are_under_their_own_key(ctx, tmp_path):
     )
     pf = pq.ParquetFile(url, decryption_properties=props)
     assert pf.read(columns=["price", "device"]).num_rows == 2000
-    with pytest.raises(KeyError_, match="no access to PII"):
+    with pytest.raises(KeyringError, match="no access to PII"):
         pf.read(columns=["email"])
 
 
@@ -117,7 +117,7 @@ def test_dask_workers_encrypt_with_their_own_keyring_load(ctx, tmp_path):
 def test_worker_without_the_keyring_fails_instead_of_inventing_a_key(ctx, tmp_path):
     c = ctx.crypto()
     moved = crypto.LakeCrypto(key_id=c.key_id, keyring_path=str(tmp_path / "nowhere" / "keyring.json"))
-    with pytest.raises(KeyError_, match="no keyring at"):
+    with pytest.raises(KeyringError, match="no keyring at"):
         parquet_io.write_table(str(tmp_path / "x.parquet"), events(10, DS), "x.parquet", crypto=moved)
     assert not (tmp_path / "nowhere").exists()
 
@@ -150,7 +150,7 @@ def test_revoked_key_is_a_clear_error_on_read_and_write(ctx, tmp_path):
     with pytest.raises(parquet_io.ParquetReadError, match=rf"{url}.*{entry.key_id}.*revoked"):
         parquet_io.read_table(url, ctx.crypto())
     stale = crypto.LakeCrypto(key_id=entry.key_id, keyring_path=ctx.keyring_path)  # made before the revocation
-    with pytest.raises(KeyError_, match=rf"{entry.key_id}.*revoked"):
+    with pytest.raises(KeyringError, match=rf"{entry.key_id}.*revoked"):
         parquet_io.write_table(str(tmp_path / "new.parquet"), events(10, DS), "new.parquet", crypto=stale)
 
 
@@ -269,11 +269,11 @@ def test_wrapped_keys_are_bound_to_role_and_key_id(tmp_path):
     wrapped = crypto.wrap(ring, first, crypto.ROLE_DATA, dek)
     assert wrapped.startswith(f"lf1:{first}:") and dek.hex() not in wrapped
     assert crypto.unwrap(ring, crypto.ROLE_DATA, wrapped) == dek
-    with pytest.raises(KeyError_, match=f"{first}.*does not unwrap the lf-pii key"):
+    with pytest.raises(KeyringError, match=f"{first}.*does not unwrap the lf-pii key"):
         crypto.unwrap(ring, crypto.ROLE_PII, wrapped)  # a data key cannot pose as a PII key
-    with pytest.raises(KeyError_, match=f"{second}.*does not unwrap"):
+    with pytest.raises(KeyringError, match=f"{second}.*does not unwrap"):
         crypto.unwrap(ring, crypto.ROLE_DATA, wrapped.replace(first, second))  # nor claim another key
-    with pytest.raises(KeyError_, match="malformed"):
+    with pytest.raises(KeyringError, match="malformed"):
         crypto.unwrap(ring, crypto.ROLE_DATA, wrapped[:-6] + "!!!!!!")
-    with pytest.raises(KeyError_, match="not in leptonflow's format"):
+    with pytest.raises(KeyringError, match="not in leptonflow's format"):
         crypto.unwrap(ring, crypto.ROLE_DATA, "aws-kms:" + wrapped)

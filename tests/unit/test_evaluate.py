@@ -1,10 +1,11 @@
-"""Evaluation: metrics against sklearn, the evaluation manifest, sha256-verified weights-only loading."""
+"""Evaluation: metrics against sklearn, the evaluation manifest, verified weights-only loading of the model."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -12,10 +13,13 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from tasks.context import StepContext
-from tasks.io.lake import FileEntry, Manifest, ManifestError
+from tasks.errors import IntegrityError
+from tasks.io.lake import FileEntry, Manifest
 from tasks.io.parquet import read_table
-from tasks.training.evaluate import classification_metrics, load_model, predict, regression_metrics, reliability, run
+from tasks.training.evaluate import run
+from tasks.training.metrics import MetricError, classification_metrics, regression_metrics, reliability
 from tasks.training.model import build_model
+from tasks.training.predict import load_model, predict
 from tests.train_data import make_split
 
 
@@ -47,7 +51,8 @@ def test_classification_metrics_match_sklearn_and_calibration():
     # always 0.9 confident on a 50% event: ECE 0.4 in one bin
     ece, curve = reliability(np.array([0, 1] * 50, dtype=float), np.full(100, 0.9))
     assert ece == pytest.approx(0.4) and len(curve) == 1 and curve[0]["lo"] == pytest.approx(0.9)
-    assert classification_metrics(np.ones(4), np.full(4, 0.7))["auc"] is None  # undefined, not a fake number
+    with pytest.raises(MetricError, match="test split has a single label class .*auc is undefined"):
+        classification_metrics(np.ones(4), np.full(4, 0.7))  # refused, not a fake number
 
 
 def test_regression_metrics():
@@ -62,7 +67,8 @@ def test_run_scores_the_committed_model_on_the_test_split(lf_home):
     commit_model(ctx, stats, {"hidden": [8], "dropout": 0.0})
     res = run(ctx)
 
-    model, stats2, cfg = load_model(ctx)
+    trained = load_model(ctx.lake, ctx.lake.require("model", "events", ctx.ds))
+    model, stats2 = trained.model, trained.stats
     tables = [read_table(ctx.lake.abspath(split, f), ctx.crypto()) for f in split.group_files("test")]
     y = np.concatenate([t.column("purchased").to_numpy().astype(float) for t in tables])
     p = np.concatenate([predict(model, stats2, t) for t in tables])
@@ -89,5 +95,38 @@ def test_regression_model_and_tampered_weights(lf_home):
     data = bytearray(open(path, "rb").read())
     data[-30] ^= 1
     open(path, "wb").write(bytes(data))
-    with pytest.raises(ManifestError, match=r"model.pt: sha256 .* does not match the manifest"):
-        load_model(ctx)
+    with pytest.raises(IntegrityError, match=r"model.pt: sha256 .* does not match the manifest") as err:
+        load_model(ctx.lake, m)
+    assert err.value.problem == "sha256"
+    open(path, "wb").write(bytes(data[:-1]))
+    with pytest.raises(IntegrityError, match=r"model.pt: size .* does not match the manifest"):
+        load_model(ctx.lake, m)
+
+
+def test_load_model_refuses_pickled_payloads_and_missing_files(lf_home):
+    """Only a plain state dict is loaded (weights_only); a missing file is named."""
+    ctx = StepContext(dataset="events", ds="2026-11-08", params={"encrypt": False})
+    split = make_split(ctx.lake, ds=ctx.ds, rows={"train": 500, "val": 100, "test": 100})
+    stats = split.extra["feature_stats"]
+    commit_model(ctx, stats, {"hidden": [4], "dropout": 0.0})
+    m = ctx.lake.require("model", "events", ctx.ds)
+    assert load_model(ctx.lake, m, stats).hparams == {"hidden": [4], "dropout": 0.0}
+    blob = pickle.dumps({"w": _Evil()}, protocol=2)  # unpickling it would run code
+    entry = m.entry("model.pt")
+    ctx.lake.fs.pipe_file(ctx.lake.abspath(m, entry), blob)
+    forged = Manifest("model", "events", ctx.ds, m.version, files=[
+        FileEntry(entry.path, 0, len(blob), hashlib.sha256(blob).hexdigest()), m.entry("model_config.json")])
+    ctx.lake.commit(forged)  # signed by the lake: only the weights_only load stands in the way
+    with pytest.raises(IntegrityError, match=r"model.pt: not a plain state dict") as err:
+        load_model(ctx.lake, ctx.lake.require("model", "events", ctx.ds))
+    assert err.value.problem == "weights"
+    ctx.lake.fs.rm(ctx.lake.abspath(m, entry))
+    with pytest.raises(IntegrityError, match=r"model.pt: missing"):
+        load_model(ctx.lake, ctx.lake.require("model", "events", ctx.ds))
+
+
+class _Evil:
+    """Runs code when unpickled: torch.load(weights_only=True) must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("pwned",))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tasks.compression import compress, export, prune
+from tasks.training.metrics import metric_value
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 
@@ -19,7 +20,7 @@ def setup():
 
 
 def _auc(y: np.ndarray, logits: np.ndarray) -> float:
-    return compress.compute_metric("classification", y, logits, split="test")
+    return metric_value("classification", y, logits, split="test")
 
 
 def test_torchscript_and_onnx_match_pytorch_on_a_pruned_float_model(setup):

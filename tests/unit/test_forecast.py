@@ -373,7 +373,8 @@ def test_bound_level_adapts_to_runs_that_exceeded_their_bound():
     """Adaptive conformal: each run slower than its predicted upper bound raises the level, covered runs
     bring it back to the configured quantile and never below; misses count in their own region."""
     def run(b, wall, upper=12.0, w=1):
-        return dict(success=True, input_bytes=b, workers=w, wall_s=wall, predicted_wall_s_upper=upper)
+        return dict(success=True, input_bytes=b, workers=w, wall_s=wall, predicted_wall_s_upper=upper,
+                    plan_source="forecast")
 
     edges = [run(1e8, 10.0, upper=None), run(9e8, 10.0, upper=None)]  # the range later runs fall inside
     covered = [run(5e8, 10.0)] * 5
@@ -392,6 +393,8 @@ def test_bound_level_adapts_to_runs_that_exceeded_their_bound():
     guess = [{**r, "plan_source": "heuristic"} for r in missed * 3]
     assert levels(edges + guess + covered, 0.9).misses_inside == 0
     assert levels(edges + [{**missed[0], "plan_source": "forecast"}], 0.9).misses_inside == 1
+    # a run made without a plan (no plan_source) had no bound to calibrate
+    assert levels(edges + [{**missed[0], "plan_source": None}], 0.9).misses_inside == 0
     # a cluster size never tried before is an extrapolation too
     assert levels(edges + [run(5e8, 13.0, w=4)], 0.9).misses_beyond == 1
 
@@ -405,7 +408,7 @@ def test_drift_raises_the_bound_and_buys_the_worker_the_deadline_needs():
 
     rows = _alternating_runs(truth, 30, (0.7e9, 1.6e9), noise=0.02, seed=9)
     for r in rows:
-        r["predicted_wall_s_upper"] = r["wall_s"] * 1.1
+        r.update(predicted_wall_s_upper=r["wall_s"] * 1.1, plan_source="forecast")
     rows[-1]["wall_s"] *= 1.3 / 1.1  # drift: 30% slower than its run's truth, above its bound
     kw = dict(max_workers=2, memory_per_worker=64 << 30)
     calm = [{k: v for k, v in r.items() if k != "predicted_wall_s_upper"} for r in rows]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tasks.security import keyring
-from tasks.security.keyring import KeyError_
+from tasks.security.keyring import KeyringError
 
 
 @pytest.fixture(autouse=True)
@@ -53,34 +53,34 @@ def test_env_document_overrides_the_file(tmp_path, monkeypatch):
     got = keyring.load(path)
     assert got.active == env_ring.active != file_ring.active
     assert got.path == ""
-    with pytest.raises(KeyError_, match="secrets backend"):
+    with pytest.raises(KeyringError, match="secrets backend"):
         got.save()
     assert keyring.load(path, use_env=False).active == file_ring.active
     monkeypatch.setenv("LEPTONFLOW_KEYRING_JSON", "{not json")
-    with pytest.raises(KeyError_, match="LEPTONFLOW_KEYRING_JSON is not valid JSON"):
+    with pytest.raises(KeyringError, match="LEPTONFLOW_KEYRING_JSON is not valid JSON"):
         keyring.load(path)
 
 
 def test_malformed_and_missing_keyrings_name_the_problem(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"active": "mk-1", "master_keys": {}}))
-    with pytest.raises(KeyError_, match="bad.json.*signing_key"):
+    with pytest.raises(KeyringError, match="bad.json.*signing_key"):
         keyring.load(bad)
-    with pytest.raises(KeyError_, match="no keyring at"):
+    with pytest.raises(KeyringError, match="no keyring at"):
         keyring.load(tmp_path / "absent.json", create=False)
 
 
 def test_revocation_and_lookup_errors_name_the_key_id_never_the_key(tmp_path):
     ring = keyring.load(tmp_path / "k.json")
     first = ring.active
-    with pytest.raises(KeyError_, match="active key"):
+    with pytest.raises(KeyringError, match="active key"):
         keyring.revoke(ring, first)
     second = keyring.add_master_key(ring)
     assert ring.active == second != first
     keyring.revoke(ring, first)
-    with pytest.raises(KeyError_, match=f"{first}.*revoked") as err:
+    with pytest.raises(KeyringError, match=f"{first}.*revoked") as err:
         ring.master_key(first)
-    with pytest.raises(KeyError_, match="mk-nope.*not in the keyring"):
+    with pytest.raises(KeyringError, match="mk-nope.*not in the keyring"):
         ring.master_key("mk-nope")
     for s in keyring.key_material_fingerprints(ring):
         assert s not in str(err.value) and s not in repr(ring)

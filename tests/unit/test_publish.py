@@ -17,6 +17,7 @@ from tasks.io.lake import FileEntry, Manifest
 from tasks.publishing import publish
 from tasks.publishing.publish import ArtifactError
 from tasks.security import keyring
+from tasks.training.metrics import metric_value
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 DS = "2026-11-03"
@@ -84,7 +85,10 @@ def test_publish_writes_signed_manifest_with_lineage(published):
     assert (adir / "validation" / "clean" / "index.html").read_bytes().startswith(b"<html>clean suite")
     assert doc["lineage"]["plans"]["plan_train"] == {"nproc": 1, "device": "cpu"}
     assert doc["lineage"]["interval"]["ds"] == DS and doc["code"]["version"]
-    assert doc["params"]["seed"] == 0 and doc["params"]["compress_budget"] == 0.01  # the settings it depends on
+    assert set(doc["params"]) >= {"model_name"}  # publish's own settings: its cache key
+    # the settings each upstream step ran with travel in the lineage (here: what compress_and_commit was given)
+    compressed_params = doc["lineage"]["manifests"]["compressed"]["params"]
+    assert compressed_params["seed"] == 0 and compressed_params["compress_budget"] == 0.02
     for rel, meta in doc["files"].items():
         assert (adir / rel).stat().st_size == meta["bytes"]
     assert {"model.ts", "MODEL_CARD.md", "compression.png", "compression.md"} <= set(doc["files"])
@@ -101,7 +105,7 @@ def test_load_published_reproduces_the_compressed_model(published, model_and_dat
     via_latest = publish.load_published(str(Path(res["artifact_url"]).parent), ctx.keys)
     test = data["test"]
     summary = ctx.lake.require("compressed", "events", DS).extra["summary"]
-    auc = compress.compute_metric("classification", test.y.numpy(), compress.predict(served, test))
+    auc = metric_value("classification", test.y.numpy(), compress.predict(served, test))
     assert auc == pytest.approx(summary["test_metric"], abs=1e-9)
     assert np.array_equal(compress.predict(via_latest, test), compress.predict(served, test))
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from pathlib import Path
 
 import pytest
-import torch
 
 from tasks.context import StepContext
 from tasks.io import parquet as parquet_io
+from tasks.io import verified
 from tasks.io.lake import ManifestError
 from tasks.security import crypto, keyring, secure
 from tests.unit.secure_data import commit_table, events, secured_interval
@@ -67,8 +66,24 @@ def test_flipped_byte_is_caught_naming_the_file(ctx, monkeypatch, in_memory_max)
     with pytest.raises(secure.IntegrityError, match=rf"{victim}: sha256"):
         secure.run(ctx)
     with pytest.raises(secure.IntegrityError, match=str(victim)):
-        secure.verified_files(ctx, "split")
-    assert len(secure.verified_files(ctx, "clean")) == 1  # other stages are still usable
+        verified.verified_paths(ctx.lake, ctx.lake.require("split", ctx.dataset, ctx.ds))
+    assert len(verified.verified_paths(ctx.lake, ctx.lake.require("clean", ctx.dataset, ctx.ds))) == 1  # others usable
+
+
+@pytest.mark.parametrize("in_memory_max", [secure.IN_MEMORY_MAX, 0], ids=["fetched-once", "streamed"])
+def test_truncated_and_missing_files_are_named(ctx, monkeypatch, in_memory_max):
+    monkeypatch.setattr(secure, "IN_MEMORY_MAX", in_memory_max)
+    secured_interval(ctx)
+    victim, gone = _files(ctx, "split")[:2]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(secure.IntegrityError, match=rf"{victim}: size .* does not match") as err:
+        secure.run(ctx)
+    assert err.value.problem == "size" and err.value.path == str(victim)
+    victim.unlink()
+    gone.unlink()
+    with pytest.raises(secure.IntegrityError, match=r"split/events/.*: missing") as err:
+        secure.run(ctx)
+    assert err.value.problem == "missing"
 
 
 def test_edited_manifest_is_caught(ctx):
@@ -119,28 +134,6 @@ def _rotated(ctx):
     keyring.add_master_key(ring)
     ring.save()
     return ring
-
-
-def test_verify_and_load_state_dict(tmp_path):
-    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
-    path = tmp_path / "model.pt"
-    torch.save(sd, path)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    got = secure.verify_and_load_state_dict(str(path), sha)
-    assert torch.equal(got["w"], sd["w"]) and set(got) == {"w", "b"}
-    with pytest.raises(secure.IntegrityError, match=rf"{path}: sha256"):
-        secure.verify_and_load_state_dict(str(path), "0" * 64)
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    bad = tmp_path / "evil.pt"
-    bad.write_bytes(pickle.dumps({"w": Evil()}, protocol=2))
-    with pytest.raises(secure.IntegrityError, match=rf"{bad}: not a plain state dict"):
-        secure.verify_and_load_state_dict(str(bad), hashlib.sha256(bad.read_bytes()).hexdigest())
-    with pytest.raises(secure.IntegrityError, match="missing"):
-        secure.verify_and_load_state_dict(str(tmp_path / "nope.pt"), sha)
 
 
 def test_no_key_material_in_logs_outputs_or_lake(ctx, caplog, capsys):

@@ -143,7 +143,7 @@ def test_split_of_an_all_rejected_interval_says_there_is_nothing_to_split(tmp_pa
     ctx.interval_start = ctx.interval_start.replace(year=2025)  # every row is now out of the interval
     ctx.interval_end = ctx.interval_end.replace(year=2025)
     r = clean.run(ctx)
-    assert r["rows_clean"] == 0 and r["rejected_by_reason"] == {"out_of_interval": 500}
+    assert r["output_rows"] == 0 and r["rejected_by_reason"] == {"out_of_interval": 500}
     with pytest.raises(split.SplitError, match="has no rows"):
         split.run(ctx)
 
@@ -179,3 +179,36 @@ def test_clean_and_split_write_encrypted_files_inside_tasks(tmp_path, dask_addre
     m_enc = enc.lake.require("split", "events", DS)
     m_plain = plain.lake.require("split", "events", DS)
     assert m_enc.extra["feature_stats"] == m_plain.extra["feature_stats"]
+
+
+def test_heavy_steps_report_every_canonical_metric_and_history_records_them(tmp_path, dask_address):
+    """validate_raw, clean, split and validate_clean run through ``run_step``: each real result holds
+    every StepMetrics field under its canonical name, and the run history records those numbers."""
+    from tasks import steps
+    from tasks.resources import history
+    from tasks.resources.step_metrics import StepMetrics
+
+    datagen.generate(str(tmp_path / "lake"), SPEC, DS, 1, 4_000, seed=5, files_per_day=2)
+    ctx = _ctx(tmp_path, dask_address, partitions=2, validation_policy="warn")
+    ctx.history_url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    try:
+        results = {s: steps.run_step(s, ctx) for s in ("validate_raw", "clean", "split", "validate_clean")}
+        for step, r in results.items():
+            assert not r.get("cache_hit")
+            assert set(StepMetrics.names()) <= set(r), (step, sorted(set(StepMetrics.names()) - set(r)))
+            m = StepMetrics.from_result(r, step)
+            assert m.input_bytes > 0 and m.input_rows > 0 and m.partitions > 0, (step, m)
+            (run,) = history.runs(ctx.history_url, step, "events")
+            assert isinstance(run, history.StepRun) and run.success and run.ds == DS
+            assert (run.input_bytes, run.input_rows, run.partitions) == (m.input_bytes, m.input_rows, m.partitions)
+            assert (run.peak_memory_per_worker, run.spilled_bytes) == (m.peak_memory_per_worker, m.spilled_bytes)
+        c, s = (StepMetrics.from_result(results[k]) for k in ("clean", "split"))
+        assert c.input_rows == 4_000 == results["validate_raw"]["input_rows"] and c.bytes_read == c.input_bytes
+        assert c.bytes_written > 0 and c.bytes_shuffled > 0 and (c.workers, c.threads_per_worker) == (2, 1)
+        assert s.input_rows == s.output_rows == c.output_rows == results["validate_clean"]["input_rows"]
+        assert (s.bytes_read, s.bytes_written, s.workers) == (0, 0, 0)  # hard links, no cluster
+        (crun,) = history.runs(ctx.history_url, "clean")
+        assert (crun.workers, crun.threads, crun.memory_limit) == (2, 1, c.memory_limit)
+        assert results["validate_raw"]["workers"] == 2 and results["validate_raw"]["rows_validated"] == 4_000
+    finally:
+        history.dispose(ctx.history_url)
