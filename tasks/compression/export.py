@@ -18,10 +18,12 @@ Parity = max |logit difference| on the test split within ``atol`` and the same m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,7 +67,30 @@ def to_torchscript(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -
             torch.jit.save(traced, buf)
     except Exception as exc:
         raise ExportError(f"TorchScript export of {type(model).__name__} failed: {exc}") from exc
-    return buf.getvalue()
+    return _reproducible_archive(buf.getvalue())
+
+
+def _reproducible_archive(data: bytes) -> bytes:
+    """The TorchScript zip without what depends on who exported it.
+
+    Tracing records the Python call stack of every op (``*.debug_pkl``: absolute paths of the
+    caller, e.g. the Airflow task runner) and ``torch.jit.save`` a random ``serialization_id``.
+    Both are optional for loading; without them the same model gives the same bytes from the CLI,
+    an Airflow task or a test, and no host path is published.
+    """
+    src = zipfile.ZipFile(io.BytesIO(data))
+    kept = {i.filename: src.read(i.filename) for i in src.infolist() if not i.filename.endswith(".debug_pkl")}
+    digest = hashlib.sha256()
+    for name, payload in kept.items():
+        if not name.endswith("/.data/serialization_id"):
+            digest.update(name.encode() + b"\0" + payload)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as dst:
+        for name, payload in kept.items():
+            if name.endswith("/.data/serialization_id"):
+                payload = digest.hexdigest()[:20].encode()
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), payload)
+    return out.getvalue()
 
 
 def load_torchscript(data: bytes) -> torch.jit.ScriptModule:

@@ -35,10 +35,8 @@ DATASET = "events"
 CACHED_STAGES = ("clean", "quarantine", "split", "model", "evaluation", "compressed")
 # Measurements of the run (time, throughput), not outputs of the data.
 RUN_FACTS = {"train_samples_per_s", "peak_gpu_mem_bytes", "wall_s", "latency_b1_ms", "latency_b256_ms"}
-# Files whose bytes must be equal: the weights, the serving exports that embed no call stack, the metrics.
-# Not model.ts: torch.jit.trace records the Python call stack of every op in the archive's debug_pkl
-# files, so the TorchScript export of an Airflow task holds the task runner's frames and is larger
-# than the CLI's (weights and code inside are the same); its size is compared for ONNX candidates only.
+# Files whose bytes must be equal: the weights, the serving export, the metrics (every candidate's size too:
+# TorchScript archives carry no call stack of the exporting process, tasks.compression.export).
 SAME_BYTES = {"model": ("model.pt",), "evaluation": ("metrics.json",),
               "compressed": ("model.pt", "model.onnx", "compression.json")}
 
@@ -117,8 +115,7 @@ def _without_run_facts(value: Any) -> Any:
 
 
 def _candidates(compressed: Any) -> list[dict[str, Any]]:
-    cands = _without_run_facts(compressed.extra["candidates"])
-    return [{k: v for k, v in c.items() if not (k == "size_bytes" and c["format"] == "ts")} for c in cands]
+    return _without_run_facts(compressed.extra["candidates"])
 
 
 def _outputs(ctx: StepContext) -> dict[str, Any]:

@@ -74,3 +74,44 @@ def test_parity_detects_a_different_model(setup):
     with pytest.raises(export.ExportError, match="empty"):
         export.check_parity("onnx", export.torch_runner(model), export.torch_runner(other), x_num[:0], x_cat[:0],
                             y[:0], _auc)
+
+
+_EXPORT_SCRIPT = """
+import hashlib, sys, threading, torch
+from tests.unit.tabular_toy import ToyTabular, make_data
+from tasks.compression import export
+torch.manual_seed(0)
+x_num, x_cat, _ = make_data(64, 0)
+model = ToyTabular(hidden=(8,))
+xn, xc = torch.as_tensor(x_num), torch.as_tensor(x_cat)
+def nested(depth):
+    return export.to_torchscript(model, xn, xc) if depth == 0 else nested(depth - 1)
+box = []
+if sys.argv[1] == "thread":
+    t = threading.Thread(target=lambda: box.append(nested(7)))
+    t.start()
+    t.join()
+else:
+    box.append(export.to_torchscript(model, xn, xc))
+sys.stdout.write(box[0].hex())
+"""
+
+
+def test_torchscript_bytes_do_not_depend_on_the_caller():
+    """The same model exports to the same bytes whoever calls (CLI, an Airflow task, a thread): no call stacks."""
+    import io
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    out = [bytes.fromhex(subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, how], cwd=repo, env=env, check=True,
+                                        capture_output=True, text=True).stdout) for how in ("direct", "thread")]
+    assert out[0] == out[1]
+    names = zipfile.ZipFile(io.BytesIO(out[0])).namelist()
+    assert not any(n.endswith(".debug_pkl") for n in names) and str(repo).encode() not in out[0]
+    loaded = export.load_torchscript(out[0])
+    assert loaded is not None
