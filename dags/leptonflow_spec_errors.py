@@ -3,8 +3,8 @@
 Airflow 3.3 reports a DAG file that raises as that file's import error and keeps none of its DAGs
 (apache/airflow#53971); and any import error recorded for a file marks every DAG of that file stale
 (``has_import_errors``), even ones that parsed. So leptonflow_pipeline.py builds the DAGs of the
-good specs and never raises over a bad one, and this separate file raises one SpecError naming every bad spec file and field
-(``<spec file>: <field path>: <problem>``). It shows under Import Errors in the UI and in
+good specs and never raises over a bad one, and this separate file raises one SpecError naming
+every bad spec file and field (``<spec file>: <field path>: <problem>``). It shows under Import Errors in the UI and in
 ``airflow dags list-import-errors``, and goes away once every spec passes
 ``python -m tasks spec check``. (Keep the words "airflow" and "dag" in this file: Airflow's
 safe-mode heuristic skips .py files without them.)

@@ -46,6 +46,10 @@ class AirflowStack:
     db_url: str = ""  # metadata DB; SQLite in `home` when empty
     history_url: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    # OpenLineage transport ([openlineage] transport of the provider), e.g. file_transport(dir) or
+    # {"type": "http", "url": "http://marquez:5000"}; None leaves the provider off (its default) unless
+    # the environment configures it (AIRFLOW__OPENLINEAGE__TRANSPORT, OPENLINEAGE_URL, ...).
+    openlineage: dict[str, Any] | None = None
     max_restarts: int = 3  # per service, like a supervisor's restart policy; then check_alive raises
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
@@ -104,6 +108,9 @@ class AirflowStack:
         else:  # embedded SQLite: wait for the one writer instead of failing after 5 s
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "leptonflow_airflow.db_args.SQLITE_SYNC"
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "leptonflow_airflow.db_args.SQLITE_ASYNC"
+        if self.openlineage is not None:
+            env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(self.openlineage)
+            env.setdefault("AIRFLOW__OPENLINEAGE__NAMESPACE", "leptonflow")
         env.update(self.extra_env)
         return env
 
@@ -311,19 +318,37 @@ class AirflowStack:
         return f.read_text(errors="replace") if f.exists() else ""
 
 
+def file_transport(folder: Path) -> dict[str, Any]:
+    """OpenLineage file transport: one JSON file per event under `folder` (for tests and debugging)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return {"type": "file", "log_file_path": str(Path(folder).resolve() / "event"), "append": False}
+
+
+def marquez_transport(url: str) -> dict[str, Any]:
+    """OpenLineage HTTP transport to a Marquez (or any OpenLineage HTTP endpoint) at `url`."""
+    return {"type": "http", "url": url.rstrip("/"), "endpoint": "api/v1/lineage"}
+
+
+def _lineage(args: argparse.Namespace) -> dict[str, Any] | None:
+    return marquez_transport(args.openlineage_url) if getattr(args, "openlineage_url", None) else None
+
+
 def demo(args: argparse.Namespace) -> int:
     """Generate demo data, run the pipeline DAG for one interval through the real scheduler, print the summary."""
+    from tasks.context import Settings
     from tasks.prep import datagen
     from tasks.publishing import report
     from tasks.spec import spec_for
 
     dataset = args.dataset
     dag_id = f"leptonflow_{dataset}"
-    stack = AirflowStack(home=Path(args.airflow_home), lf_home=Path(args.home), port=args.port)
+    stack = AirflowStack(home=Path(args.airflow_home), lf_home=Path(args.home), port=args.port,
+                         openlineage=_lineage(args))
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("LEPTONFLOW_")})
     ds = args.ds or (date.today() - timedelta(days=1)).isoformat()
     log.info("generating %d rows of %s for interval %s", args.rows, dataset, ds)
-    gen = datagen.generate(os.environ["LEPTONFLOW_LAKE"], spec_for(dataset), ds, 1, args.rows, seed=args.seed)
+    spec = spec_for(dataset, Settings.from_env().specs_dir)
+    gen = datagen.generate(os.environ["LEPTONFLOW_LAKE"], spec, ds, 1, args.rows, seed=args.seed)
     log.info("datagen: %s", {k: v for k, v in gen.items() if k != "files"})
     stack.init()
     try:
@@ -351,7 +376,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    stack = AirflowStack(home=Path(args.airflow_home), lf_home=Path(args.home), port=args.port or 8080)
+    stack = AirflowStack(home=Path(args.airflow_home), lf_home=Path(args.home), port=args.port or 8080,
+                         openlineage=_lineage(args))
     stack.init()
     stop = {"now": False}
 
@@ -387,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=100_000, help="demo rows per day")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--openlineage-url", help="send OpenLineage events to this Marquez API, e.g. http://localhost:5000")
     args = p.parse_args(argv)
     return demo(args) if args.command == "demo" else up(args)
 

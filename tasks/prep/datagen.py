@@ -241,6 +241,153 @@ def _scatter(rows: np.ndarray, n: int) -> np.ndarray:
     return idx
 
 
+@dataclass
+class _Faulting:
+    """One file's table while faults are applied to it, with what every fault step shares.
+
+    The steps draw from ``rng`` in a fixed order (the order of ``_inject``), so the same seed gives
+    the same faults; ``counts`` collects the per-reason totals of the whole day.
+    """
+
+    table: pa.Table
+    rng: np.random.Generator
+    counts: dict[str, int]
+    day_start_us: int
+
+    def set_rows(self, name: str, rows: np.ndarray, values: pa.Array) -> None:
+        """table[name][rows] = values (see ``_set``)."""
+        self.table = _set(self.table, name, rows, values)
+
+    def count(self, key: str, k: int) -> None:
+        """Count `k` more rows under `key` (the key is created on first use, so zero-row reasons stay out)."""
+        self.counts[key] = self.counts.get(key, 0) + k
+
+
+def _fault_kinds(rng: np.random.Generator, faults: FaultRates, n: int) -> np.ndarray:
+    """Per row: index into ``_FAULT_ORDER`` of its one fault, or ``len(_FAULT_ORDER)`` for none."""
+    rates = np.array([getattr(faults, k) for k in _FAULT_ORDER])
+    if rates.sum() >= 0.5:
+        raise ValueError(f"fault rates sum to {rates.sum():.3f}; must be < 0.5")
+    return np.searchsorted(np.cumsum(rates), rng.random(n), side="right")
+
+
+def _poison(f: _Faulting, fault_free: np.ndarray, poison_rows: int) -> None:
+    """Turn up to `poison_rows` fault-free rows into a tight anomalous cluster of in-range purchasing rows."""
+    rng = f.rng
+    prow = np.sort(rng.choice(fault_free, size=min(poison_rows, f.table.num_rows), replace=False))
+    k = len(prow)
+    f.set_rows("price", prow, pa.array(9_900.0 + rng.uniform(0, 50, size=k)))
+    f.set_rows("quantity", prow, pa.array(np.full(k, 20)))
+    f.set_rows("session_events", prow, pa.array(np.full(k, 480) + rng.integers(0, 20, size=k)))
+    f.set_rows("device", prow, pa.array(["tablet"]))
+    f.set_rows("country", prow, pa.array(["JP"]))
+    f.set_rows("purchased", prow, pa.array([True]))
+    f.set_rows(
+        "event_ts", prow,
+        pa.array(f.day_start_us + 3 * 3_600_000_000 + rng.integers(0, 600_000_000, size=k)).cast(
+            pa.timestamp("us", tz="UTC")),
+    )
+    f.count("poison", k)
+
+
+def _duplicate_sources(
+    f: _Faulting, dup: np.ndarray, clean_rows: np.ndarray, prev_sources: pa.Table | None
+) -> tuple[pa.Table, np.ndarray]:
+    """Valid rows to copy onto the `dup` rows (about half from the previous file of the day when there is one),
+    and which of them came from that previous file."""
+    rng, table = f.rng, f.table
+    from_prev = (rng.random(len(dup)) < 0.5) & (prev_sources is not None and prev_sources.num_rows > 0)
+    src_local = rng.choice(clean_rows, size=len(dup)) if len(clean_rows) else np.zeros(len(dup), dtype=np.int64)
+    local = table.take(pa.array(src_local))
+    if prev_sources is None or not prev_sources.num_rows:
+        return local, from_prev
+    prev = prev_sources.take(pa.array(rng.integers(0, prev_sources.num_rows, size=len(dup))))
+    copies = pa.Table.from_arrays(
+        [pc.if_else(pa.array(from_prev), prev.column(c).combine_chunks(), local.column(c).combine_chunks())
+         for c in table.column_names], names=table.column_names)
+    return copies, from_prev
+
+
+def _duplicate(f: _Faulting, dup: np.ndarray, clean_rows: np.ndarray, prev_sources: pa.Table | None) -> None:
+    """Overwrite the `dup` rows with copies of valid rows (same event id), so dedupe must work across files."""
+    rng = f.rng
+    copies, from_prev = _duplicate_sources(f, dup, clean_rows, prev_sources)
+    # half the copies are re-sent later (same id, later timestamp), half are exact copies
+    later = np.where(rng.random(len(dup)) < 0.5, rng.integers(1, 300_000_000, size=len(dup)), 0)
+    ts = pc.cast(copies.column("event_ts"), pa.int64()).to_numpy()
+    ts = np.minimum(ts + later, f.day_start_us + US_PER_DAY - 1)
+    copies = copies.set_column(copies.schema.get_field_index("event_ts"), "event_ts",
+                               pa.array(ts).cast(pa.timestamp("us", tz="UTC")))
+    for c in f.table.column_names:
+        f.set_rows(c, dup, copies.column(c).combine_chunks())
+    f.counts["duplicate_key"] += len(dup)
+    f.count("duplicate_from_other_file", int(from_prev.sum()))
+
+
+def _null_required(f: _Faulting, nr: np.ndarray, required: list[str]) -> None:
+    """Null one required column (picked per row) of each `nr` row."""
+    which = f.rng.integers(0, len(required), size=len(nr))
+    for j, col in enumerate(required):
+        r = nr[which == j]
+        if len(r):
+            f.set_rows(col, r, pa.nulls(1, f.table.schema.field(col).type))
+            f.count(f"missing_required:{col}", len(r))
+
+
+def _out_of_range(f: _Faulting, orr: np.ndarray) -> None:
+    """Prices below 0 or above 10000 (rejected)."""
+    rng = f.rng
+    negative = rng.random(len(orr)) < 0.5  # drawn first: the draws keep the order of the seeded files
+    bad = np.where(negative, -rng.uniform(1, 100, size=len(orr)), rng.uniform(12_000, 90_000, size=len(orr)))
+    f.set_rows("price", orr, pa.array(np.round(bad, 2)))
+    f.counts["out_of_range:price"] += len(orr)
+
+
+_UNKNOWN = {"event_type": ["refund", "wishlist"], "category": ["garden", "automotive"],
+            "device": ["smartwatch", "console"], "country": ["XX", "ZZ"]}
+
+
+def _unknown_category(f: _Faulting, uc: np.ndarray) -> None:
+    """Unknown category values: an unknown event_type is rejected, the other columns map to the unknown value."""
+    rng = f.rng
+    col_pick = rng.integers(0, 4, size=len(uc))
+    for j, col in enumerate(_UNKNOWN):
+        r = uc[col_pick == j]
+        if len(r):
+            f.set_rows(col, r, _take_dict(_UNKNOWN[col], rng.integers(0, 2, size=len(r))))
+            f.count(f"unknown_category:{col}" if col == "event_type" else f"mapped_unknown:{col}", len(r))
+
+
+def _out_of_interval(f: _Faulting, oi: np.ndarray) -> None:
+    """Timestamps moved before or after the day."""
+    rng, day_start_us = f.rng, f.day_start_us
+    shift = rng.integers(1, 3 * US_PER_DAY, size=len(oi))
+    bad_ts = np.where(rng.random(len(oi)) < 0.5, day_start_us - shift, day_start_us + US_PER_DAY + shift - 1)
+    f.set_rows("event_ts", oi, pa.array(bad_ts).cast(pa.timestamp("us", tz="UTC")))
+    f.counts["out_of_interval"] += len(oi)
+
+
+def _clip(f: _Faulting, cl: np.ndarray) -> None:
+    """Values the clean step clips and keeps: quantity 0 or > 20 (half the rows), session_events > 500 (the rest)."""
+    rng = f.rng
+    half = rng.random(len(cl)) < 0.5
+    f.set_rows("quantity", cl[half], pa.array(np.where(rng.random(int(half.sum())) < 0.5, 0, 25)))
+    f.set_rows("session_events", cl[~half], pa.array(rng.integers(501, 900, size=int((~half).sum()))))
+    f.count("clipped:quantity", int(half.sum()))
+    f.count("clipped:session_events", int((~half).sum()))
+
+
+def _noise(f: _Faulting, nz: np.ndarray) -> None:
+    """Whitespace/case noise on the category columns and upper-cased emails (kept after normalization)."""
+    for col, values in (("device", DEVICES), ("category", CATEGORIES), ("event_type", EVENT_TYPES),
+                        ("country", COUNTRIES)):
+        cur = f.table.column(col).combine_chunks().take(pa.array(nz))
+        base_idx = pc.index_in(cur, value_set=pa.array(values)).fill_null(0).to_numpy()
+        f.set_rows(col, nz, _variants(values, f.rng, len(nz), base_idx))
+    f.set_rows("email", nz, pc.utf8_upper(f.table.column("email").combine_chunks().take(pa.array(nz))))
+    f.count("noise", len(nz))
+
+
 def _inject(
     table: pa.Table,
     rng: np.random.Generator,
@@ -251,119 +398,112 @@ def _inject(
     poison_rows: int,
     counts: dict[str, int],
 ) -> tuple[pa.Table, pa.Table]:
-    """Apply disjoint faults; return (faulty table, clean rows offered as duplicate sources to the next file)."""
-    n = table.num_rows
-    rates = np.array([getattr(faults, k) for k in _FAULT_ORDER])
-    if rates.sum() >= 0.5:
-        raise ValueError(f"fault rates sum to {rates.sum():.3f}; must be < 0.5")
-    kind = np.searchsorted(np.cumsum(rates), rng.random(n), side="right")  # len(_FAULT_ORDER) = no fault
+    """Apply disjoint faults; return (faulty table, clean rows offered as duplicate sources to the next file).
+
+    The steps run (and draw from `rng`) in this fixed order, so a seed always gives the same file.
+    """
+    kind = _fault_kinds(rng, faults, table.num_rows)
     rows = {k: np.flatnonzero(kind == i) for i, k in enumerate(_FAULT_ORDER)}
     clean_rows = np.flatnonzero(kind >= _FAULT_ORDER.index("clip"))  # clip/noise/none rows stay valid
-
-    # poison: a tight anomalous cluster of in-range purchasing rows
+    f = _Faulting(table, rng, counts, day_start_us)
     if poison_rows:
-        prow = np.sort(rng.choice(np.flatnonzero(kind == len(_FAULT_ORDER)), size=min(poison_rows, n), replace=False))
-        k = len(prow)
-        table = _set(table, "price", prow, pa.array(9_900.0 + rng.uniform(0, 50, size=k)))
-        table = _set(table, "quantity", prow, pa.array(np.full(k, 20)))
-        table = _set(table, "session_events", prow, pa.array(np.full(k, 480) + rng.integers(0, 20, size=k)))
-        table = _set(table, "device", prow, pa.array(["tablet"]))
-        table = _set(table, "country", prow, pa.array(["JP"]))
-        table = _set(table, "purchased", prow, pa.array([True]))
-        table = _set(
-            table, "event_ts", prow,
-            pa.array(day_start_us + 3 * 3_600_000_000 + rng.integers(0, 600_000_000, size=k)).cast(
-                pa.timestamp("us", tz="UTC")),
-        )
-        counts["poison"] = counts.get("poison", 0) + k
-
+        _poison(f, np.flatnonzero(kind == len(_FAULT_ORDER)), poison_rows)
     n_src = min(len(clean_rows), max(16, len(rows["duplicate"])))
-    sources_next = table.take(pa.array(rng.choice(clean_rows, size=n_src, replace=False)))
-
-    # duplicates: copy a valid row (same event id), half from the previous file of the same day
-    dup = rows["duplicate"]
-    if len(dup):
-        from_prev = (rng.random(len(dup)) < 0.5) & (prev_sources is not None and prev_sources.num_rows > 0)
-        src_local = rng.choice(clean_rows, size=len(dup)) if len(clean_rows) else np.zeros(len(dup), dtype=np.int64)
-        local = table.take(pa.array(src_local))
-        if prev_sources is not None and prev_sources.num_rows:
-            prev = prev_sources.take(pa.array(rng.integers(0, prev_sources.num_rows, size=len(dup))))
-            copies = pa.Table.from_arrays(
-                [pc.if_else(pa.array(from_prev), prev.column(c).combine_chunks(), local.column(c).combine_chunks())
-                 for c in table.column_names], names=table.column_names)
-        else:
-            copies = local
-        # half the copies are re-sent later (same id, later timestamp), half are exact copies
-        later = np.where(rng.random(len(dup)) < 0.5, rng.integers(1, 300_000_000, size=len(dup)), 0)
-        ts = pc.cast(copies.column("event_ts"), pa.int64()).to_numpy()
-        ts = np.minimum(ts + later, day_start_us + US_PER_DAY - 1)
-        copies = copies.set_column(copies.schema.get_field_index("event_ts"), "event_ts",
-                                   pa.array(ts).cast(pa.timestamp("us", tz="UTC")))
-        for c in table.column_names:
-            table = _set(table, c, dup, copies.column(c).combine_chunks())
-        counts["duplicate_key"] += len(dup)
-        counts["duplicate_from_other_file"] = counts.get("duplicate_from_other_file", 0) + int(from_prev.sum())
-
-    # nulls in required columns
-    req = spec.required
-    nr = rows["null_required"]
-    which = rng.integers(0, len(req), size=len(nr))
-    for j, col in enumerate(req):
-        r = nr[which == j]
-        if len(r):
-            table = _set(table, col, r, pa.nulls(1, table.schema.field(col).type))
-            counts[f"missing_required:{col}"] = counts.get(f"missing_required:{col}", 0) + len(r)
-
-    # out-of-range prices (rejected)
-    orr = rows["out_of_range"]
-    bad = np.where(rng.random(len(orr)) < 0.5, -rng.uniform(1, 100, size=len(orr)), rng.uniform(12_000, 90_000,
-                                                                                                  size=len(orr)))
-    table = _set(table, "price", orr, pa.array(np.round(bad, 2)))
-    counts["out_of_range:price"] += len(orr)
-
-    # unknown categories: event_type is rejected, the others are mapped to the unknown value
-    uc = rows["unknown_category"]
-    col_pick = rng.integers(0, 4, size=len(uc))
-    unknown = {"event_type": ["refund", "wishlist"], "category": ["garden", "automotive"],
-               "device": ["smartwatch", "console"], "country": ["XX", "ZZ"]}
-    for j, col in enumerate(unknown):
-        r = uc[col_pick == j]
-        if len(r):
-            table = _set(table, col, r, _take_dict(unknown[col], rng.integers(0, 2, size=len(r))))
-            key = f"unknown_category:{col}" if col == "event_type" else f"mapped_unknown:{col}"
-            counts[key] = counts.get(key, 0) + len(r)
-
-    # timestamps outside the day
-    oi = rows["out_of_interval"]
-    shift = rng.integers(1, 3 * US_PER_DAY, size=len(oi))
-    bad_ts = np.where(rng.random(len(oi)) < 0.5, day_start_us - shift, day_start_us + US_PER_DAY + shift - 1)
-    table = _set(table, "event_ts", oi, pa.array(bad_ts).cast(pa.timestamp("us", tz="UTC")))
-    counts["out_of_interval"] += len(oi)
-
-    # clipped values (kept): quantity 0 or > 20, session_events > 500
-    cl = rows["clip"]
-    half = rng.random(len(cl)) < 0.5
-    table = _set(table, "quantity", cl[half], pa.array(np.where(rng.random(int(half.sum())) < 0.5, 0, 25)))
-    table = _set(table, "session_events", cl[~half], pa.array(rng.integers(501, 900, size=int((~half).sum()))))
-    counts["clipped:quantity"] = counts.get("clipped:quantity", 0) + int(half.sum())
-    counts["clipped:session_events"] = counts.get("clipped:session_events", 0) + int((~half).sum())
-
-    # whitespace/case noise (kept after normalization)
-    nz = rows["noise"]
-    if len(nz):
-        for col, values in (("device", DEVICES), ("category", CATEGORIES), ("event_type", EVENT_TYPES),
-                            ("country", COUNTRIES)):
-            cur = table.column(col).combine_chunks().take(pa.array(nz))
-            base_idx = pc.index_in(cur, value_set=pa.array(values)).fill_null(0).to_numpy()
-            table = _set(table, col, nz, _variants(values, rng, len(nz), base_idx))
-        table = _set(table, "email", nz, pc.utf8_upper(table.column("email").combine_chunks().take(pa.array(nz))))
-        counts["noise"] = counts.get("noise", 0) + len(nz)
-    return table, sources_next
+    sources_next = f.table.take(pa.array(rng.choice(clean_rows, size=n_src, replace=False)))
+    if len(rows["duplicate"]):
+        _duplicate(f, rows["duplicate"], clean_rows, prev_sources)
+    _null_required(f, rows["null_required"], spec.required)
+    _out_of_range(f, rows["out_of_range"])
+    _unknown_category(f, rows["unknown_category"])
+    _out_of_interval(f, rows["out_of_interval"])
+    _clip(f, rows["clip"])
+    if len(rows["noise"]):
+        _noise(f, rows["noise"])
+    return f.table, sources_next
 
 
 def rows_for_gb(gb: float, days: int) -> int:
     """Rows per day that make ``gb`` GB of in-memory (Arrow) data over ``days`` days."""
     return max(1, int(gb * 1e9 / ARROW_BYTES_PER_ROW / max(days, 1)))
+
+
+# Columns datagen writes: the spec it is given must have all of them.
+_EVENT_COLUMNS = {"event_id", "user_id", "email", "session_id", "event_ts", "event_type", "product_id", "category",
+                  "price", "quantity", "device", "country", "session_events", "purchased"}
+# Fault count prefixes the clean step rejects (the others are mapped, clipped or normalized and kept).
+_REJECTED = {"missing_required", "duplicate_key", "out_of_range", "unknown_category", "out_of_interval"}
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every day and file of one ``generate`` call is written with."""
+
+    fs: Any
+    dataset_dir: str  # <lake root>/raw/<dataset>
+    dataset: str
+    spec: DatasetSpec
+    seed: int
+    faults: FaultRates
+    rows_per_day: int
+    files_per_day: int
+    n_users: int
+    drift: float
+    poison_rows: int
+
+
+def _spread(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal counts, the first ``total % parts`` of them one larger."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _check_request(spec: DatasetSpec, drift: float) -> None:
+    """Refuse a spec without the e-commerce event columns, or a drift outside [0, 1]."""
+    missing = _EVENT_COLUMNS - set(spec.column_names)
+    if missing:
+        raise ValueError(f"datagen makes e-commerce events; spec {spec.name!r} lacks columns {sorted(missing)}")
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"drift must be in [0, 1], got {drift}")
+
+
+def _write_file(
+    run: _Run, path: str, day_index: int, day_start_us: int, i: int, n: int, prev: pa.Table | None,
+    counts: dict[str, int],
+) -> tuple[pa.Table, pa.Table]:
+    """Generate, fault and write file `i` (`n` rows) of a day; return it and the duplicate sources for file i+1."""
+    cols, rng = _base_file(day_index, day_start_us, i, n, run.n_users, run.seed, run.drift)
+    table = _to_table(cols)
+    table, prev = _inject(table, rng, run.spec, run.faults, day_start_us, prev,
+                          _spread(run.poison_rows, run.files_per_day)[i], counts)
+    with run.fs.open(path, "wb") as fh:
+        pq.write_table(table, fh, row_group_size=256 * 1024, compression="snappy")
+    return table, prev
+
+
+def _write_day(run: _Run, day: date) -> tuple[str, dict[str, Any]]:
+    """Write the files of one day; return its ds and its summary (files, bytes, exact fault counts)."""
+    ds = day.isoformat()
+    day_start_us = int(datetime.fromisoformat(ds).replace(tzinfo=UTC).timestamp()) * 1_000_000
+    ddir = f"{run.dataset_dir}/ds={ds}"
+    run.fs.makedirs(ddir, exist_ok=True)
+    counts: dict[str, int] = {"duplicate_key": 0, "out_of_range:price": 0, "out_of_interval": 0}
+    prev: pa.Table | None = None
+    files, day_bytes, positives = [], 0, 0
+    day_index = (day - date(2000, 1, 1)).days
+    for i, n in enumerate(_spread(run.rows_per_day, run.files_per_day)):
+        path = f"{ddir}/part-{i:05d}.parquet"
+        table, prev = _write_file(run, path, day_index, day_start_us, i, n, prev, counts)
+        size = run.fs.size(path)
+        positives += int(pc.sum(table.column("purchased").cast(pa.int64())).as_py() or 0)
+        files.append(path)
+        day_bytes += size
+    rejected = sum(v for k, v in counts.items() if k.split(":")[0] in _REJECTED)
+    log.info("datagen %s ds=%s: %d rows in %d files (%.1f MB)", run.dataset, ds, run.rows_per_day,
+             run.files_per_day, day_bytes / 1e6)
+    return ds, {
+        "files": files, "rows": run.rows_per_day, "bytes": day_bytes, "faults": counts,
+        "expected_rejected": rejected, "expected_clean": run.rows_per_day - rejected,
+        "positive_rate": round(positives / run.rows_per_day, 4),
+    }
 
 
 def generate(
@@ -386,59 +526,24 @@ def generate(
     """
     spec = spec or spec_for(dataset or "events")
     dataset = dataset or spec.name
-    needed = {"event_id", "user_id", "email", "session_id", "event_ts", "event_type", "product_id", "category", "price",
-              "quantity", "device", "country", "session_events", "purchased"}
-    missing = needed - set(spec.column_names)
-    if missing:
-        raise ValueError(f"datagen makes e-commerce events; spec {spec.name!r} lacks columns {sorted(missing)}")
-    if not 0.0 <= drift <= 1.0:
-        raise ValueError(f"drift must be in [0, 1], got {drift}")
+    _check_request(spec, drift)
     if gb is not None:
         rows_per_day = rows_for_gb(gb, days)
     if rows_per_day < files_per_day:
         raise ValueError(f"rows_per_day ({rows_per_day}) must be >= files_per_day ({files_per_day})")
     fs, root = fsspec.core.url_to_fs(lake_url)
-    root = root.rstrip("/")
-    n_users = max(200, rows_per_day // 12)
+    run = _Run(fs, f"{root.rstrip('/')}/raw/{dataset}", dataset, spec, seed, faults, rows_per_day, files_per_day,
+               max(200, rows_per_day // 12), drift, poison_rows)
     start = date.fromisoformat(start_ds)
     summary: dict[str, Any] = {"dataset": dataset, "start": start_ds, "days": days, "rows_per_day": rows_per_day,
                                "files_per_day": files_per_day, "seed": seed, "drift": drift, "poison_rows": poison_rows,
                                "faults": asdict(faults), "intervals": {}}
     total_rows = total_bytes = 0
     for d in range(days):
-        ds = (start + timedelta(days=d)).isoformat()
-        day_start_us = int(datetime.fromisoformat(ds).replace(tzinfo=UTC).timestamp()) * 1_000_000
-        ddir = f"{root}/raw/{dataset}/ds={ds}"
-        fs.makedirs(ddir, exist_ok=True)
-        counts: dict[str, int] = {"duplicate_key": 0, "out_of_range:price": 0, "out_of_interval": 0}
-        prev: pa.Table | None = None
-        files, day_bytes, positives = [], 0, 0
-        per_file = [rows_per_day // files_per_day + (1 if i < rows_per_day % files_per_day else 0)
-                    for i in range(files_per_day)]
-        day_index = (start - date(2000, 1, 1)).days + d
-        for i, n in enumerate(per_file):
-            cols, rng = _base_file(day_index, day_start_us, i, n, n_users, seed, drift)
-            table = _to_table(cols)
-            table, prev = _inject(table, rng, spec, faults, day_start_us, prev,
-                                  poison_rows // files_per_day + (1 if i < poison_rows % files_per_day else 0), counts)
-            path = f"{ddir}/part-{i:05d}.parquet"
-            with fs.open(path, "wb") as fh:
-                pq.write_table(table, fh, row_group_size=256 * 1024, compression="snappy")
-            size = fs.size(path)
-            positives += int(pc.sum(table.column("purchased").cast(pa.int64())).as_py() or 0)
-            files.append(path)
-            day_bytes += size
-        rejected = sum(v for k, v in counts.items() if k.split(":")[0] in
-                       {"missing_required", "duplicate_key", "out_of_range", "unknown_category", "out_of_interval"})
-        summary["intervals"][ds] = {
-            "files": files, "rows": rows_per_day, "bytes": day_bytes, "faults": counts,
-            "expected_rejected": rejected, "expected_clean": rows_per_day - rejected,
-            "positive_rate": round(positives / rows_per_day, 4),
-        }
+        ds, interval = _write_day(run, start + timedelta(days=d))
+        summary["intervals"][ds] = interval
         total_rows += rows_per_day
-        total_bytes += day_bytes
-        log.info("datagen %s ds=%s: %d rows in %d files (%.1f MB)", dataset, ds, rows_per_day, files_per_day,
-                 day_bytes / 1e6)
+        total_bytes += interval["bytes"]
     summary["rows"] = total_rows
     summary["bytes"] = total_bytes
     return summary
@@ -459,8 +564,10 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--no-faults", action="store_true", help="generate clean data")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.context import Settings  # the CLI reads the environment through Settings, like every entry point
+
     out = generate(
-        args.lake, spec_for(args.dataset), args.start, args.days, args.rows, args.seed,
+        args.lake, spec_for(args.dataset, Settings.from_env().specs_dir), args.start, args.days, args.rows, args.seed,
         faults=FaultRates.none() if args.no_faults else FaultRates(), files_per_day=args.files_per_day,
         drift=args.drift, poison_rows=args.poison_rows, gb=args.gb, dataset=args.dataset,
     )

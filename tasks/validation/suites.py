@@ -239,8 +239,10 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tasks.validation.suites", description="regenerate stored suites")
     p.add_argument("--dataset", action="append", required=True)
     args = p.parse_args(argv)
+    from tasks.context import Settings
+
     for name in args.dataset:
-        for path in write_suites(spec_for(name)):
+        for path in write_suites(spec_for(name, Settings.from_env().specs_dir)):
             log.info("wrote %s", path)
     return 0
 
