@@ -393,6 +393,130 @@ def heuristic_estimate(input_bytes: float, workers: np.ndarray, threads: int, pa
     return {"wall_s": wall, "wall_s_upper": 1.5 * wall, "peak_memory": mem, "peak_memory_upper": mem}
 
 
+@dataclass(frozen=True)
+class _Heuristic:
+    """The no-history heuristic's settings (see ``heuristic_estimate``)."""
+
+    partition_bytes: float
+    bytes_per_s: float
+    overhead_s: float
+
+    def estimate(self, input_bytes: float, sizes: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+        """The heuristic's wall time and peak memory per worker at each of `sizes`."""
+        return heuristic_estimate(input_bytes, sizes, threads, self.partition_bytes, self.bytes_per_s,
+                                  self.overhead_s)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What a cluster size must meet: the deadline at the upper wall time, memory under the spill threshold."""
+
+    deadline_s: float
+    memory_fraction: float
+    memory_per_worker: int
+    fallback_tolerance: float
+    max_workers: int  # after the host cap
+
+
+def _check_plan_args(min_workers: int, max_workers: int, deadline_s: float, input_bytes: float) -> None:
+    """Refuse an empty size range, a non-positive deadline or a negative input."""
+    if min_workers < 1 or max_workers < min_workers:
+        raise ValueError(f"plan: need 1 <= min_workers <= max_workers, got {min_workers}..{max_workers}")
+    if deadline_s <= 0:
+        raise ValueError(f"plan: Param deadline_s must be > 0, got {deadline_s}")
+    if input_bytes < 0:
+        raise ValueError(f"plan: input_bytes must be >= 0, got {input_bytes}")
+
+
+def _host_cap(min_workers: int, max_workers: int, threads_per_worker: int, host_cpus: int | None) -> tuple[int, str]:
+    """`max_workers` capped at the workers one host of `host_cpus` CPUs runs without contention, and a note
+    for the plan's reason when the cap applies (never below `min_workers`)."""
+    if host_cpus is None:
+        return max_workers, ""
+    cap = max(min_workers, int(host_cpus) // max(threads_per_worker, 1), 1)
+    if cap >= max_workers:
+        return max_workers, ""
+    return cap, (f"; capped at {cap} workers: they share this host's {int(host_cpus)} CPUs "
+                 f"({threads_per_worker} thread(s) each), more would add contention, not speed")
+
+
+def _check_quantiles(quantile: float, memory_quantile: float | None) -> None:
+    """Refuse a bound level outside (0, 1) (the memory level may be unset: it defaults to the wall's)."""
+    for name, q in (("forecast_quantile", quantile), ("forecast_memory_quantile", memory_quantile)):
+        if q is not None and not 0.0 < q < 1.0:
+            raise ValueError(f"plan: Param {name} must be in (0, 1), got {q}")
+
+
+def _forecast_why(f: Forecaster, input_bytes: float, partitions: int | None, quantile: float) -> str:
+    """How the fitted model's estimate came about: levels, wave model, identifiable terms, memory bound."""
+    lv = f.levels
+    why = (f"fitted on {f.n_runs} runs; upper = q{lv.inside:.3g} x{f.wall.upper_ratio_inside:.2f} within the "
+           f"history's input and cluster sizes, q{lv.beyond:.3g} x{f.wall.upper_ratio:.2f} beyond")
+    if max(lv.inside, lv.beyond) > quantile:
+        why += (f"; levels raised from q{quantile:g} (adaptive conformal): {lv.misses_inside} run(s) within "
+                f"and {lv.misses_beyond} beyond the earlier runs' sizes took longer than their predicted bound")
+    if f.waves:
+        why += (f"; wave model: ceil({f.tasks_for(input_bytes, partitions)} tasks / slots) x bytes per task "
+                f"(leave-one-out MAPE {f.waves_loo_mape:.1%} vs {f.smooth_loo_mape:.1%} smooth)")
+    if f.mode == "parallel":
+        why += f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: pure parallel scaling assumed"
+    elif f.mode == "bytes":
+        why += (f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: overhead + parallel scaling "
+                "assumed")
+    elif f.mode == "amdahl":
+        why += f"; two sizes seen ({f.sizes_seen[0]}..{f.sizes_seen[1]}): overhead + parallel + serial work"
+    if f.mem is not None:
+        why += f"; peak memory upper = q{f.mem_level:.3g} x{f.mem.upper_ratio:.2f}"
+        if f.mem_misses:
+            why += f" (level raised: {f.mem_misses} run(s) peaked over the spill threshold)"
+    return why
+
+
+def _forecast_estimate(
+    f: Forecaster, input_bytes: float, sizes: np.ndarray, threads: int, partitions: int | None, quantile: float,
+    heuristic: _Heuristic,
+) -> tuple[dict[str, np.ndarray], str]:
+    """The fitted model's estimate per size and why; memory from the heuristic when the history has none."""
+    est = f.predict(input_bytes, sizes, threads, partitions)
+    why = _forecast_why(f, input_bytes, partitions, quantile)
+    if "peak_memory" not in est:
+        h = heuristic.estimate(input_bytes, sizes, threads)
+        est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])
+        why += "; memory from heuristic (no peak-memory history)"
+    return est, why
+
+
+def _heuristic_why(f: Forecaster, min_history: int, heuristic: _Heuristic) -> str:
+    """Why the plan is the heuristic's: too few runs, and the throughput and memory it assumed."""
+    return (f"only {f.n_runs} successful runs in history (< {min_history}): {heuristic.overhead_s:g}s + "
+            f"{heuristic.bytes_per_s / 2**20:.3g} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
+
+
+def _pick_size(est: dict[str, np.ndarray], sizes: np.ndarray, lim: _Limits) -> tuple[int, str]:
+    """Index into `sizes` of the planned size, and why: the smallest meeting deadline and memory; else the
+    smallest near-fastest one that fits memory; else the largest."""
+    fits_time = est["wall_s_upper"] <= lim.deadline_s
+    fits_mem = est["peak_memory_upper"] <= lim.memory_fraction * lim.memory_per_worker
+    ok = np.flatnonzero(fits_time & fits_mem)
+    if ok.size:
+        return int(ok[0]), (f"smallest size meeting deadline {lim.deadline_s:g}s at the upper bound with peak "
+                            f"memory under {lim.memory_fraction:g} x {lim.memory_per_worker} B/worker")
+    if fits_mem.any():
+        # no size meets the deadline at the upper quantile: near-fastest, not fastest at any price; the
+        # smallest size whose upper wall is within `fallback_tolerance` of the fastest one's (on a box
+        # where workers barely help, 3x the workers for 5% less time is not bought)
+        cand = np.flatnonzero(fits_mem)
+        best = float(est["wall_s_upper"][cand].min())
+        i = int(cand[np.flatnonzero(est["wall_s_upper"][cand] <= (1 + lim.fallback_tolerance) * best)[0]])
+        return i, (f"deadline {lim.deadline_s:g}s cannot be met within {lim.max_workers} workers at the upper "
+                   f"bound (best upper {best:.0f}s); using the smallest size within {lim.fallback_tolerance:.0%} "
+                   f"of the fastest (upper {est['wall_s_upper'][i]:.0f}s) that fits memory")
+    i = len(sizes) - 1
+    return i, (f"peak memory per worker (upper {est['peak_memory_upper'][i]:.3g} B) exceeds "
+               f"{lim.memory_fraction:g} x memory_per_worker {lim.memory_per_worker} at every size; "
+               f"using the maximum ({lim.max_workers})")
+
+
 def make_plan(
     rows: Sequence[history.StepRun | Mapping[str, Any]],
     input_bytes: float,
@@ -428,80 +552,21 @@ def make_plan(
     throughput). `host_cpus`: the workers share one host of that many CPUs (``local`` backend), so no
     more than ``host_cpus // threads_per_worker`` workers are planned (never below `min_workers`).
     """
-    if min_workers < 1 or max_workers < min_workers:
-        raise ValueError(f"plan: need 1 <= min_workers <= max_workers, got {min_workers}..{max_workers}")
-    if deadline_s <= 0:
-        raise ValueError(f"plan: Param deadline_s must be > 0, got {deadline_s}")
-    if input_bytes < 0:
-        raise ValueError(f"plan: input_bytes must be >= 0, got {input_bytes}")
-    cap_note = ""
-    if host_cpus is not None:
-        cap = max(min_workers, int(host_cpus) // max(threads_per_worker, 1), 1)
-        if cap < max_workers:
-            cap_note = (f"; capped at {cap} workers: they share this host's {int(host_cpus)} CPUs "
-                        f"({threads_per_worker} thread(s) each), more would add contention, not speed")
-            max_workers = cap
+    _check_plan_args(min_workers, max_workers, deadline_s, input_bytes)
+    max_workers, cap_note = _host_cap(min_workers, max_workers, threads_per_worker, host_cpus)
     sizes = np.arange(min_workers, max_workers + 1)
-    for name, q in (("forecast_quantile", quantile), ("forecast_memory_quantile", memory_quantile)):
-        if q is not None and not 0.0 < q < 1.0:
-            raise ValueError(f"plan: Param {name} must be in (0, 1), got {q}")
+    _check_quantiles(quantile, memory_quantile)
+    heuristic = _Heuristic(partition_bytes, heuristic_bytes_per_s, heuristic_overhead_s)
     f = Forecaster.fit(rows, quantile, memory_quantile, memory_fraction)
     if f.n_runs >= min_history:
-        est = f.predict(input_bytes, sizes, threads_per_worker, partitions)
+        est, why = _forecast_estimate(f, input_bytes, sizes, threads_per_worker, partitions, quantile, heuristic)
         source = "forecast"
-        lv = f.levels
-        why = (f"fitted on {f.n_runs} runs; upper = q{lv.inside:.3g} x{f.wall.upper_ratio_inside:.2f} within the "
-               f"history's input and cluster sizes, q{lv.beyond:.3g} x{f.wall.upper_ratio:.2f} beyond")
-        if max(lv.inside, lv.beyond) > quantile:
-            why += (f"; levels raised from q{quantile:g} (adaptive conformal): {lv.misses_inside} run(s) within "
-                    f"and {lv.misses_beyond} beyond the earlier runs' sizes took longer than their predicted bound")
-        if f.waves:
-            why += (f"; wave model: ceil({f.tasks_for(input_bytes, partitions)} tasks / slots) x bytes per task "
-                    f"(leave-one-out MAPE {f.waves_loo_mape:.1%} vs {f.smooth_loo_mape:.1%} smooth)")
-        if f.mode == "parallel":
-            why += f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: pure parallel scaling assumed"
-        elif f.mode == "bytes":
-            why += (f"; sizes seen {f.sizes_seen[0]}..{f.sizes_seen[1]} too alike: overhead + parallel scaling "
-                    "assumed")
-        elif f.mode == "amdahl":
-            why += f"; two sizes seen ({f.sizes_seen[0]}..{f.sizes_seen[1]}): overhead + parallel + serial work"
-        if f.mem is not None:
-            why += f"; peak memory upper = q{f.mem_level:.3g} x{f.mem.upper_ratio:.2f}"
-            if f.mem_misses:
-                why += f" (level raised: {f.mem_misses} run(s) peaked over the spill threshold)"
-        if "peak_memory" not in est:
-            h = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s,
-                                   heuristic_overhead_s)
-            est.update(peak_memory=h["peak_memory"], peak_memory_upper=h["peak_memory_upper"])
-            why += "; memory from heuristic (no peak-memory history)"
     else:
-        est = heuristic_estimate(input_bytes, sizes, threads_per_worker, partition_bytes, heuristic_bytes_per_s,
-                                 heuristic_overhead_s)
+        est = heuristic.estimate(input_bytes, sizes, threads_per_worker)
         source = "heuristic"
-        why = (f"only {f.n_runs} successful runs in history (< {min_history}): {heuristic_overhead_s:g}s + "
-               f"{heuristic_bytes_per_s / 2**20:.3g} MiB/s per thread, memory {HEURISTIC_MEMORY_FACTOR:g} x partition")
-    fits_time = est["wall_s_upper"] <= deadline_s
-    fits_mem = est["peak_memory_upper"] <= memory_fraction * memory_per_worker
-    ok = np.flatnonzero(fits_time & fits_mem)
-    if ok.size:
-        i = int(ok[0])
-        reason = (f"smallest size meeting deadline {deadline_s:g}s at the upper bound with peak memory under "
-                  f"{memory_fraction:g} x {memory_per_worker} B/worker")
-    elif fits_mem.any():
-        # no size meets the deadline at the upper quantile: near-fastest, not fastest at any price; the
-        # smallest size whose upper wall is within `fallback_tolerance` of the fastest one's (on a box
-        # where workers barely help, 3x the workers for 5% less time is not bought)
-        cand = np.flatnonzero(fits_mem)
-        best = float(est["wall_s_upper"][cand].min())
-        i = int(cand[np.flatnonzero(est["wall_s_upper"][cand] <= (1 + fallback_tolerance) * best)[0]])
-        reason = (f"deadline {deadline_s:g}s cannot be met within {max_workers} workers at the upper bound "
-                  f"(best upper {best:.0f}s); using the smallest size within {fallback_tolerance:.0%} of the "
-                  f"fastest (upper {est['wall_s_upper'][i]:.0f}s) that fits memory")
-    else:
-        i = len(sizes) - 1
-        reason = (f"peak memory per worker (upper {est['peak_memory_upper'][i]:.3g} B) exceeds "
-                  f"{memory_fraction:g} x memory_per_worker {memory_per_worker} at every size; "
-                  f"using the maximum ({max_workers})")
+        why = _heuristic_why(f, min_history, heuristic)
+    lim = _Limits(deadline_s, memory_fraction, memory_per_worker, fallback_tolerance, max_workers)
+    i, reason = _pick_size(est, sizes, lim)
     predicted = {k: round(float(v[i]), 3) for k, v in est.items()}
     predicted["input_bytes"] = float(input_bytes)
     return ClusterPlan(

@@ -245,6 +245,274 @@ def _merge_shared(reds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _Plan:
+    """The suite resolved and planned over the files: what the map tasks are given."""
+
+    exps: list[dict[str, Any]]
+    chunks: list[Chunk]
+    files: list[FileFacts]
+    key_cols: list[str]  # the uniqueness rule's key columns; empty: no uniqueness rule
+    prof: Profile
+    n_buckets: int  # hash buckets of the uniqueness reduce (1 without a key)
+
+
+@dataclass
+class _Futures:
+    """Everything ``validate`` submits, before it gathers anything."""
+
+    chunk_f: list[Any] | None  # evaluate_chunk results: held until the candidates are in, then released
+    part_f: list[Any]  # each chunk's partial counts
+    cand_f: list[Any]  # per hash bucket: key hashes seen twice (uniqueness round 1); empty without a key
+    prev_f: list[Any]  # profiles of the previous interval's files, when they are profiled here
+    shared_f: list[Any]  # per hash bucket: groups found in more than one split
+
+
+@dataclass
+class _Gathered:
+    """The merged results every expectation is judged on."""
+
+    merged: dict[str, Any]  # partials.merge_partials of all chunks
+    dups: list[dict[str, Any]]  # uniqueness round 2 (exact duplicate count), when round 1 found candidates
+    previous: dict[str, Any] | None  # the drift baseline's profile
+    split_info: dict[str, Any]  # the `split` argument, with "disjoint" added when it was checked
+
+
+def _key_columns(exps: list[dict[str, Any]]) -> list[str]:
+    """Key columns of the suite's uniqueness rule (the last one, if several); [] when there is none."""
+    key_cols: list[str] = []
+    for e in exps:
+        if e["type"] in UNIQUE:
+            key_cols = partials.exp_columns(e)
+    return key_cols
+
+
+def _plan_suite(
+    client: Client,
+    suite: dict[str, Any],
+    urls: list[str],
+    crypto: Any,
+    suite_params: dict[str, Any],
+    numeric_bounds: dict[str, tuple[float, float]] | None,
+) -> _Plan:
+    """Resolve the suite, plan chunks from the footers and size the uniqueness buckets."""
+    exps = resolve(suite, suite_params)
+    chunks, files = plan(urls, crypto)
+    rows_footer = sum(f.rows for f in files)
+    key_cols = _key_columns(exps)
+    prof = _profile_for(exps, numeric_bounds or {})
+    b = _n_buckets(client, rows_footer) if key_cols else 1
+    log.info(
+        "validating %s: %d files, %d rows, %d chunks, %d dup buckets",
+        suite["name"],
+        len(files),
+        rows_footer,
+        len(chunks),
+        b if key_cols else 0,
+    )
+    return _Plan(exps, chunks, files, key_cols, prof, b)
+
+
+def _submit_candidates(client: Client, chunk_f: list[Any], n_buckets: int) -> list[Any]:
+    """Uniqueness, round 1: per hash bucket, a reduce task finding the key hashes seen more than once."""
+    return [
+        client.submit(
+            partials.candidate_hashes, *[client.submit(partials.bucket, f, j, pure=False) for f in chunk_f], pure=False
+        )
+        for j in range(n_buckets)
+    ]
+
+
+def _submit(
+    client: Client,
+    p: _Plan,
+    crypto: Any,
+    previous_urls: list[str] | None,
+    previous_profile: dict[str, Any] | None,
+    split_info: dict[str, Any],
+) -> _Futures:
+    """Submit every phase's tasks (map, uniqueness round 1, previous profile, split disjointness) at once."""
+    row_exps = [e for e in p.exps if e["type"] in ROW_LEVEL or e["type"] in UNIQUE]
+    chunk_f = client.map(
+        partials.evaluate_chunk,
+        p.chunks,
+        crypto=crypto,
+        exps=row_exps,
+        profile=p.prof,
+        key_columns=p.key_cols,
+        n_buckets=p.n_buckets,
+        pure=False,
+    )
+    part_f = client.map(partials.first, chunk_f, pure=False)
+    cand_f = _submit_candidates(client, chunk_f, p.n_buckets) if p.key_cols else []
+    prev_f = []
+    if previous_urls and previous_profile is None:  # the previous interval is profiled here
+        prev_f = _submit_profile(client, previous_urls, crypto, p.prof)
+    shared_f = []
+    if split_info.get("urls") and any(e["type"] == "expect_split_groups_to_be_disjoint" for e in p.exps):
+        shared_f = _submit_split_disjointness(client, split_info["urls"], crypto, split_info["group_column"])
+    return _Futures(chunk_f, part_f, cand_f, prev_f, shared_f)
+
+
+def _exact_duplicates(client: Client, p: _Plan, fut: _Futures, crypto: Any) -> list[dict[str, Any]]:
+    """Uniqueness, round 2: duplicates counted on the exact keys whose hashes repeat ([] when none repeat)."""
+    if not fut.cand_f:
+        return []
+    cands = np.concatenate(client.gather(fut.cand_f))
+    fut.chunk_f = None  # the map results (with their key hashes) are no longer needed: let the cluster drop them
+    if not cands.size:
+        return []
+    log.info("uniqueness: %d repeated key hashes; comparing their exact keys", cands.size)
+    cand = client.scatter(cands, broadcast=True)
+    keys_f = client.map(
+        partials.keys_with_hashes, p.chunks, crypto=crypto, key_columns=p.key_cols, candidates=cand, pure=False
+    )
+    return [client.submit(partials.count_duplicates, *keys_f, pure=False).result()]
+
+
+def _gather(
+    client: Client,
+    p: _Plan,
+    fut: _Futures,
+    crypto: Any,
+    previous_profile: dict[str, Any] | None,
+    split_info: dict[str, Any],
+) -> _Gathered:
+    """Gather the submitted phases (running uniqueness round 2 when round 1 found candidates)."""
+    merged = partials.merge_partials(client.gather(fut.part_f))
+    dups = _exact_duplicates(client, p, fut, crypto)
+    previous = previous_profile
+    if fut.prev_f:
+        previous = partials.merge_profiles([pr["profile"] for pr in client.gather(fut.prev_f)])
+    if fut.shared_f:
+        split_info["disjoint"] = _merge_shared(client.gather(fut.shared_f))
+    return _Gathered(merged, dups, previous, split_info)
+
+
+def _unique(e: dict[str, Any], g: _Gathered) -> tuple[bool, dict[str, Any]]:
+    """A uniqueness rule judged on round 2's exact duplicate count, over all rows."""
+    unexp = sum(d["unexpected_count"] for d in g.dups)
+    ex = [x for d in g.dups for x in d["examples"]][: partials.MAX_EXAMPLES]
+    m = {
+        "element_count": g.merged["rows"],
+        "missing_count": g.merged["key_missing"],
+        "unexpected_count": unexp,
+        "examples": ex,
+    }
+    return _row_level(e, m)
+
+
+def _drift_rule(e: dict[str, Any], g: _Gathered, drift_summary: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """A drift rule against the previous interval's profile; its observed value goes into `drift_summary` too."""
+    kind = e["type"]
+    ok, res = drift.evaluate(e, g.previous, g.merged["profile"])
+    col = e["kwargs"]["column"]
+    drift_summary["columns"].setdefault(col, {})[
+        kind.removeprefix("expect_column_").removesuffix("_to_be_below")
+    ] = res["observed_value"]
+    return ok, res
+
+
+def _split_rows(split_info: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """expect_split_rows_to_match_clean: the splits' rows add up to the clean rows (passes with no split output)."""
+    total = sum(split_info.get("rows", {}).values())
+    ok = bool(split_info) and total == split_info.get("clean_rows")
+    res = {
+        "observed_value": total,
+        "details": {"clean_rows": split_info.get("clean_rows"), "rows_by_split": split_info.get("rows", {})},
+    }
+    if not split_info:
+        ok, res = True, {"observed_value": None, "details": {"note": "no committed split output"}}
+    return ok, res
+
+
+def _split_disjoint(split_info: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """expect_split_groups_to_be_disjoint: no group in two splits (passes with no split output)."""
+    d = split_info.get("disjoint")
+    if d is None:
+        return True, {"observed_value": None, "details": {"note": "no committed split output"}}
+    res = {
+        "observed_value": d["shared"],
+        "details": {"groups": d["groups"], "shared_examples": d["examples"]},
+    }
+    return d["shared"] == 0, res
+
+
+def _judge(
+    e: dict[str, Any], files: list[FileFacts], g: _Gathered, drift_summary: dict[str, Any]
+) -> tuple[bool, dict[str, Any], str | None]:
+    """(success, GX result fields, error message) of one expectation, before chunk errors are applied."""
+    kind = e["type"]
+    if kind in TABLE_LEVEL:
+        return _table_level(e, files, g.merged["rows"])
+    if kind in ROW_LEVEL:
+        ok, res = _row_level(e, g.merged["exp"].get(e["i"]))
+    elif kind in UNIQUE:
+        ok, res = _unique(e, g)
+    elif kind in lfx.DRIFT_TYPES:
+        ok, res = _drift_rule(e, g, drift_summary)
+    elif kind == "expect_split_rows_to_match_clean":
+        ok, res = _split_rows(g.split_info)
+    else:  # expect_split_groups_to_be_disjoint
+        ok, res = _split_disjoint(g.split_info)
+    return ok, res, None
+
+
+def _expectation_result(
+    e: dict[str, Any], files: list[FileFacts], g: _Gathered, drift_summary: dict[str, Any]
+) -> tuple[ExpectationValidationResult, bool]:
+    """One expectation's GX result and success; a rule some chunk could not evaluate fails with their messages."""
+    ok, res, err = _judge(e, files, g, drift_summary)
+    errs = g.merged["errors"].get(e["i"])
+    if errs:
+        ok = False
+        err = "; ".join(errs[:MAX_FILES_NAMED])
+    exc_info = {
+        "raised_exception": err is not None and e["type"] not in TABLE_LEVEL,
+        "exception_message": err,
+        "exception_traceback": None,
+    }
+    cfg = ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"], meta=e["meta"])
+    result = ExpectationValidationResult(success=bool(ok), expectation_config=cfg, result=res, exception_info=exc_info)
+    return result, bool(ok)
+
+
+def _suite_result(
+    suite: dict[str, Any],
+    suite_params: dict[str, Any],
+    results: list[ExpectationValidationResult],
+    successes: list[bool],
+    p: _Plan,
+    rows_validated: int,
+    meta: dict[str, Any] | None,
+) -> ExpectationSuiteValidationResult:
+    """The suite's GX result: the expectations' results, GX statistics, and leptonflow's run facts in meta."""
+    n_ok = sum(successes)
+    stats = {
+        "evaluated_expectations": len(results),
+        "successful_expectations": n_ok,
+        "unsuccessful_expectations": len(results) - n_ok,
+        "success_percent": 100.0 * n_ok / len(results) if results else 100.0,
+    }
+    gx_meta = {
+        "leptonflow": {
+            **(meta or {}),
+            "engine": "dask",
+            "files": len(p.files),
+            "chunks": len(p.chunks),
+            "rows_validated": rows_validated,
+        }
+    }
+    return ExpectationSuiteValidationResult(
+        success=all(successes),
+        results=results,
+        suite_name=suite["name"],
+        suite_parameters=suite_params,
+        statistics=stats,
+        meta=gx_meta,
+    )
+
+
 def validate(
     client: Client,
     suite: dict[str, Any],
@@ -265,150 +533,19 @@ def validate(
     `split`: {"rows": {group: n}, "clean_rows": n, "urls": {group: [url]}, "group_column": c} for split checks.
     All work is submitted before anything is gathered, so the cluster never idles between phases.
     """
-    exps = resolve(suite, suite_params)
-    chunks, files = plan(urls, crypto)
-    rows_footer = sum(f.rows for f in files)
-    key_cols: list[str] = []
-    for e in exps:
-        if e["type"] in UNIQUE:
-            key_cols = partials.exp_columns(e)
-    prof = _profile_for(exps, numeric_bounds or {})
-    b = _n_buckets(client, rows_footer) if key_cols else 1
-    row_exps = [e for e in exps if e["type"] in ROW_LEVEL or e["type"] in UNIQUE]
-    log.info(
-        "validating %s: %d files, %d rows, %d chunks, %d dup buckets",
-        suite["name"],
-        len(files),
-        rows_footer,
-        len(chunks),
-        b if key_cols else 0,
-    )
-    futs = client.map(
-        partials.evaluate_chunk,
-        chunks,
-        crypto=crypto,
-        exps=row_exps,
-        profile=prof,
-        key_columns=key_cols,
-        n_buckets=b,
-        pure=False,
-    )
-    part_f = client.map(partials.first, futs, pure=False)
-    cand_f = []
-    if key_cols:
-        cand_f = [
-            client.submit(
-                partials.candidate_hashes, *[client.submit(partials.bucket, f, j, pure=False) for f in futs], pure=False
-            )
-            for j in range(b)
-        ]
-    prev_f = _submit_profile(client, previous_urls, crypto, prof) if previous_urls and previous_profile is None else []
+    p = _plan_suite(client, suite, urls, crypto, suite_params, numeric_bounds)
     split_info = dict(split or {})
-    shared_f = []
-    if split_info.get("urls") and any(e["type"] == "expect_split_groups_to_be_disjoint" for e in exps):
-        shared_f = _submit_split_disjointness(client, split_info["urls"], crypto, split_info["group_column"])
-    merged = partials.merge_partials(client.gather(part_f))
-    dups = []
-    if cand_f:
-        cands = np.concatenate(client.gather(cand_f))
-        del futs
-        if cands.size:  # round 2: exact comparison of the few keys whose hashes repeat
-            log.info("uniqueness: %d repeated key hashes; comparing their exact keys", cands.size)
-            cand = client.scatter(cands, broadcast=True)
-            keys_f = client.map(
-                partials.keys_with_hashes, chunks, crypto=crypto, key_columns=key_cols, candidates=cand, pure=False
-            )
-            dups = [client.submit(partials.count_duplicates, *keys_f, pure=False).result()]
-    previous = previous_profile
-    if prev_f:
-        previous = partials.merge_profiles([p["profile"] for p in client.gather(prev_f)])
-    if shared_f:
-        split_info["disjoint"] = _merge_shared(client.gather(shared_f))
-
+    fut = _submit(client, p, crypto, previous_urls, previous_profile, split_info)
+    g = _gather(client, p, fut, crypto, previous_profile, split_info)
+    drift_summary: dict[str, Any] = {"previous": g.previous is not None, "columns": {}}
     results: list[ExpectationValidationResult] = []
     successes: list[bool] = []
-    drift_summary: dict[str, Any] = {"previous": previous is not None, "columns": {}}
-    for e in exps:
-        err: str | None = None
-        kind = e["type"]
-        if kind in TABLE_LEVEL:
-            ok, res, err = _table_level(e, files, merged["rows"])
-        elif kind in ROW_LEVEL:
-            ok, res = _row_level(e, merged["exp"].get(e["i"]))
-        elif kind in UNIQUE:
-            unexp = sum(d["unexpected_count"] for d in dups)
-            ex = [x for d in dups for x in d["examples"]][: partials.MAX_EXAMPLES]
-            m = {
-                "element_count": merged["rows"],
-                "missing_count": merged["key_missing"],
-                "unexpected_count": unexp,
-                "examples": ex,
-            }
-            ok, res = _row_level(e, m)
-        elif kind in lfx.DRIFT_TYPES:
-            ok, res = drift.evaluate(e, previous, merged["profile"])
-            col = e["kwargs"]["column"]
-            drift_summary["columns"].setdefault(col, {})[
-                kind.removeprefix("expect_column_").removesuffix("_to_be_below")
-            ] = res["observed_value"]
-        elif kind == "expect_split_rows_to_match_clean":
-            total = sum(split_info.get("rows", {}).values())
-            ok = bool(split_info) and total == split_info.get("clean_rows")
-            res = {
-                "observed_value": total,
-                "details": {"clean_rows": split_info.get("clean_rows"), "rows_by_split": split_info.get("rows", {})},
-            }
-            if not split_info:
-                ok, res = True, {"observed_value": None, "details": {"note": "no committed split output"}}
-        else:  # expect_split_groups_to_be_disjoint
-            d = split_info.get("disjoint")
-            if d is None:
-                ok, res = True, {"observed_value": None, "details": {"note": "no committed split output"}}
-            else:
-                ok = d["shared"] == 0
-                res = {
-                    "observed_value": d["shared"],
-                    "details": {"groups": d["groups"], "shared_examples": d["examples"]},
-                }
-        errs = merged["errors"].get(e["i"])
-        if errs:
-            ok = False
-            err = "; ".join(errs[:MAX_FILES_NAMED])
-        exc_info = {
-            "raised_exception": err is not None and kind not in TABLE_LEVEL,
-            "exception_message": err,
-            "exception_traceback": None,
-        }
-        cfg = ExpectationConfiguration(type=kind, kwargs=e["kwargs"], meta=e["meta"])
-        results.append(
-            ExpectationValidationResult(success=bool(ok), expectation_config=cfg, result=res, exception_info=exc_info)
-        )
-        successes.append(bool(ok))
-    n_ok = sum(successes)
-    stats = {
-        "evaluated_expectations": len(results),
-        "successful_expectations": n_ok,
-        "unsuccessful_expectations": len(results) - n_ok,
-        "success_percent": 100.0 * n_ok / len(results) if results else 100.0,
-    }
-    gx_meta = {
-        "leptonflow": {
-            **(meta or {}),
-            "engine": "dask",
-            "files": len(files),
-            "chunks": len(chunks),
-            "rows_validated": merged["rows"],
-        }
-    }
-    result = ExpectationSuiteValidationResult(
-        success=all(successes),
-        results=results,
-        suite_name=suite["name"],
-        suite_parameters=suite_params,
-        statistics=stats,
-        meta=gx_meta,
-    )
-    return Outcome(result, exps, successes, merged, chunks, files, drift_summary, previous)
+    for e in p.exps:
+        r, ok = _expectation_result(e, p.files, g, drift_summary)
+        results.append(r)
+        successes.append(ok)
+    result = _suite_result(suite, suite_params, results, successes, p, g.merged["rows"], meta)
+    return Outcome(result, p.exps, successes, g.merged, p.chunks, p.files, drift_summary, g.previous)
 
 
 def failing_row_level(outcome: Outcome) -> list[dict[str, Any]]:

@@ -219,6 +219,67 @@ def _stat_ok(v: Any, bound: Any, strict: bool, low: bool) -> bool:
     return (v > bound if strict else v >= bound) if low else (v < bound if strict else v <= bound)
 
 
+@dataclass
+class _GroupStats:
+    """What a chunk's row-group statistics say about one column: its null count and per-group min/max."""
+
+    nulls: int = 0
+    lo_seen: list[Any] = field(default_factory=list)
+    hi_seen: list[Any] = field(default_factory=list)
+
+
+def _group_stats(md: Any, chunk: Chunk, j: int, min_max: bool) -> _GroupStats | None:
+    """Column `j`'s statistics over the chunk's row groups (with min/max when `min_max`), or None if any lacks them."""
+    out = _GroupStats()
+    for g in chunk.row_groups:
+        st = md.row_group(g).column(j).statistics
+        if st is None or not st.has_null_count:
+            return None
+        out.nulls += st.null_count
+        if min_max:
+            if not st.has_min_max:
+                return None
+            out.lo_seen.append(st.min)
+            out.hi_seen.append(st.max)
+    return out
+
+
+def _stat_value(v: Any, ts: bool) -> Any:
+    """A statistic or bound as a comparable value: an aware datetime for timestamps, else a float."""
+    if ts:
+        dt = datetime.fromisoformat(v) if isinstance(v, str) else v
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # naive raw timestamps are UTC
+    return float(v)
+
+
+def _range_from_statistics(
+    chunk: Chunk, kw: dict[str, Any], stats: _GroupStats, arrow_type: pa.DataType
+) -> dict[str, Any] | None:
+    """Counts of a range rule when the statistics prove every value inside the bounds (int/timestamp only), or None."""
+    ts = pa.types.is_timestamp(arrow_type)
+    if not (ts or pa.types.is_integer(arrow_type)) or not stats.lo_seen:
+        return None
+    vmin, vmax = _stat_value(min(stats.lo_seen), ts), _stat_value(max(stats.hi_seen), ts)
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    if lo is not None and not _stat_ok(vmin, _stat_value(lo, ts), kw.get("strict_min"), True):
+        return None
+    if hi is not None and not _stat_ok(vmax, _stat_value(hi, ts), kw.get("strict_max"), False):
+        return None
+    observed = {
+        "min": vmin if ts else min(stats.lo_seen),
+        "max": vmax if ts else max(stats.hi_seen),
+        "count": chunk.rows - stats.nulls,
+        "sum": None,
+    }
+    return {
+        "element_count": chunk.rows,
+        "missing_count": stats.nulls,
+        "unexpected_count": 0,
+        "examples": [],
+        "observed": observed,
+    }
+
+
 def _from_statistics(pf: Any, chunk: Chunk, e: dict[str, Any], arrow_type: pa.DataType) -> dict[str, Any] | None:
     """Counts of a not-null or range rule proven from the chunk's row-group statistics alone, or None.
 
@@ -231,54 +292,17 @@ def _from_statistics(pf: Any, chunk: Chunk, e: dict[str, Any], arrow_type: pa.Da
     j = next((k for k in range(md.num_columns) if md.schema.column(k).path == col), None)
     if j is None:
         return None
-    nulls, lo_seen, hi_seen = 0, [], []
-    between = e["type"] == "expect_column_values_to_be_between"
-    for g in chunk.row_groups:
-        st = md.row_group(g).column(j).statistics
-        if st is None or not st.has_null_count:
-            return None
-        nulls += st.null_count
-        if between:
-            if not st.has_min_max:
-                return None
-            lo_seen.append(st.min)
-            hi_seen.append(st.max)
+    stats = _group_stats(md, chunk, j, e["type"] == "expect_column_values_to_be_between")
+    if stats is None:
+        return None
     if e["type"] == "expect_column_values_to_not_be_null":
         return {
             "element_count": chunk.rows,
             "missing_count": 0,
-            "unexpected_count": nulls,
-            "examples": [None] * min(nulls, MAX_EXAMPLES),
+            "unexpected_count": stats.nulls,
+            "examples": [None] * min(stats.nulls, MAX_EXAMPLES),
         }
-    ts = pa.types.is_timestamp(arrow_type)
-    if not (ts or pa.types.is_integer(arrow_type)) or not lo_seen:
-        return None
-    kw = e["kwargs"]
-
-    def conv(v: Any) -> Any:
-        if ts:
-            dt = datetime.fromisoformat(v) if isinstance(v, str) else v
-            return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # naive raw timestamps are UTC
-        return float(v)
-
-    vmin, vmax = conv(min(lo_seen)), conv(max(hi_seen))
-    if kw.get("min_value") is not None and not _stat_ok(vmin, conv(kw["min_value"]), kw.get("strict_min"), True):
-        return None
-    if kw.get("max_value") is not None and not _stat_ok(vmax, conv(kw["max_value"]), kw.get("strict_max"), False):
-        return None
-    observed = {
-        "min": vmin if ts else min(lo_seen),
-        "max": vmax if ts else max(hi_seen),
-        "count": chunk.rows - nulls,
-        "sum": None,
-    }
-    return {
-        "element_count": chunk.rows,
-        "missing_count": nulls,
-        "unexpected_count": 0,
-        "examples": [],
-        "observed": observed,
-    }
+    return _range_from_statistics(chunk, e["kwargs"], stats, arrow_type)
 
 
 def _null_counts(pf: Any, chunk: Chunk, columns: list[str]) -> dict[str, int]:
@@ -295,23 +319,13 @@ def _null_counts(pf: Any, chunk: Chunk, columns: list[str]) -> dict[str, int]:
     return out
 
 
-def evaluate_chunk(
-    chunk: Chunk,
-    crypto: Any,
-    exps: list[dict[str, Any]],
-    profile: Profile,
-    key_columns: list[str],
-    n_buckets: int,
-) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Partial results of one chunk, and its key hashes hash-partitioned into `n_buckets`.
-
-    Rules the row-group statistics settle (see :func:`_from_statistics`) are counted without
-    reading their columns; the rest is read once, only the columns needed.
-    """
+def _settle_from_statistics(
+    pf: Any, chunk: Chunk, exps: list[dict[str, Any]], part: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Record in `part` the rules naming a column the file lacks (as errors) and the row-level rules the
+    row-group statistics settle (as counts); return the row-level rules left to count on the data."""
     present = set(chunk.columns)
-    pf = parquet_io.open_parquet(chunk.url, crypto)
     schema = pf.schema_arrow
-    part: dict[str, Any] = {"rows": chunk.rows, "exp": {}, "errors": {}}
     todo = []
     for e in exps:
         missing_cols = [c for c in exp_columns(e) if c not in present]
@@ -325,39 +339,86 @@ def evaluate_chunk(
             part["exp"][e["i"]] = proven
         else:
             todo.append(e)
-    known_nulls = _null_counts(pf, chunk, profile.nulls)
+    return todo
+
+
+def _read_needed(
+    pf: Any, chunk: Chunk, todo: list[dict[str, Any]], profile: Profile, key_columns: list[str],
+    known_nulls: dict[str, int],
+) -> pa.Table:
+    """The chunk's row groups, only the columns the unsettled rules, the keys and the profile need."""
     wanted = {c for e in todo for c in exp_columns(e)} | set(key_columns)
     wanted |= set(profile.numeric) | set(profile.category) | (set(profile.nulls) - set(known_nulls))
     try:
-        table = pf.read_row_groups(chunk.row_groups, columns=[c for c in chunk.columns if c in wanted])
+        return pf.read_row_groups(chunk.row_groups, columns=[c for c in chunk.columns if c in wanted])
     except (OSError, pa.ArrowException) as exc:
         raise parquet_io.ParquetReadError(f"{chunk.url}: row groups {chunk.row_groups}: {exc}") from exc
+
+
+def _count_rule(table: pa.Table, e: dict[str, Any], chunk: Chunk) -> tuple[dict[str, Any] | None, str | None]:
+    """(counts, None) of one row-level rule over the chunk's rows, or (None, why) when the column cannot be
+    evaluated (a type the rule does not apply to)."""
+    try:
+        missing, unexpected = unexpected_mask(table, e)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        col = exp_columns(e)[0]
+        return None, f"column {col!r} in {chunk.url} ({table.schema.field(col).type}): {exc}"
+    n_unexp = pc.sum(unexpected).as_py() or 0
+    counts = {
+        "element_count": chunk.rows,
+        "missing_count": pc.sum(missing).as_py() or 0,
+        "unexpected_count": n_unexp,
+        "examples": _examples(table.column(exp_columns(e)[0]), unexpected) if n_unexp else [],
+    }
+    if e["type"] == "expect_column_values_to_be_between":
+        counts["observed"] = _min_max_sum(table.column(exp_columns(e)[0]))
+    return counts, None
+
+
+def _key_buckets(
+    table: pa.Table, chunk: Chunk, key_columns: list[str], n_buckets: int
+) -> tuple[int, list[np.ndarray]] | None:
+    """(rows with a null key part, the non-null keys' 64-bit hashes per bucket), or None when the chunk
+    checks no uniqueness (no key, or a key column missing from its file)."""
+    present = set(chunk.columns)
+    if not (key_columns and all(k in present for k in key_columns)):
+        return None
+    keys = _valid_keys(table, key_columns)
+    # Uniqueness, round 1: only 64-bit key hashes travel, hash-partitioned into buckets.
+    h = key_hash(keys)
+    b = h % np.uint64(n_buckets)
+    return chunk.rows - keys.num_rows, [h[b == j] for j in range(n_buckets)]
+
+
+def evaluate_chunk(
+    chunk: Chunk,
+    crypto: Any,
+    exps: list[dict[str, Any]],
+    profile: Profile,
+    key_columns: list[str],
+    n_buckets: int,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Partial results of one chunk, and its key hashes hash-partitioned into `n_buckets`.
+
+    Rules the row-group statistics settle (see :func:`_from_statistics`) are counted without
+    reading their columns; the rest is read once, only the columns needed.
+    """
+    pf = parquet_io.open_parquet(chunk.url, crypto)
+    part: dict[str, Any] = {"rows": chunk.rows, "exp": {}, "errors": {}}
+    todo = _settle_from_statistics(pf, chunk, exps, part)
+    known_nulls = _null_counts(pf, chunk, profile.nulls)
+    table = _read_needed(pf, chunk, todo, profile, key_columns, known_nulls)
     for e in todo:
-        i = e["i"]
-        try:
-            missing, unexpected = unexpected_mask(table, e)
-        except (pa.ArrowException, ValueError, TypeError) as exc:
-            col = exp_columns(e)[0]
-            part["errors"][i] = f"column {col!r} in {chunk.url} ({table.schema.field(col).type}): {exc}"
-            continue
-        n_unexp = pc.sum(unexpected).as_py() or 0
-        part["exp"][i] = {
-            "element_count": chunk.rows,
-            "missing_count": pc.sum(missing).as_py() or 0,
-            "unexpected_count": n_unexp,
-            "examples": _examples(table.column(exp_columns(e)[0]), unexpected) if n_unexp else [],
-        }
-        if e["type"] == "expect_column_values_to_be_between":
-            part["exp"][i]["observed"] = _min_max_sum(table.column(exp_columns(e)[0]))
+        counts, err = _count_rule(table, e, chunk)
+        if err is not None:
+            part["errors"][e["i"]] = err
+        else:
+            part["exp"][e["i"]] = counts
     part["profile"] = profile_table(table, profile, known_nulls, chunk.rows)
-    buckets: list[np.ndarray] = []
-    if key_columns and all(k in present for k in key_columns):
-        keys = _valid_keys(table, key_columns)
-        part["key_missing"] = chunk.rows - keys.num_rows
-        # Uniqueness, round 1: only 64-bit key hashes travel, hash-partitioned into buckets.
-        h = key_hash(keys)
-        b = h % np.uint64(n_buckets)
-        buckets = [h[b == j] for j in range(n_buckets)]
+    keyed = _key_buckets(table, chunk, key_columns, n_buckets)
+    if keyed is None:
+        return part, []
+    part["key_missing"], buckets = keyed
     return part, buckets
 
 
