@@ -9,14 +9,14 @@ from contextlib import contextmanager
 from datetime import date, timedelta
 
 import pytest
-from leptonflow_airflow.stack import AirflowStack
+from leptonflow_airflow.stack import AirflowStack, file_transport
 
 from tasks.prep import datagen
 from tasks.spec import spec_for
 
 DAG_ID = "leptonflow_events"
 # Small, fast runs for the operating tests (backfills, concurrency, UI); defaults for the scheduled run.
-FAST = {"epochs": 1, "hidden": 32, "batch_size": 512}
+FAST = {"epochs": 1, "hidden": "32", "batch_size": 512}
 
 
 def day(offset: int) -> str:
@@ -42,7 +42,8 @@ def leptonflow_env(stack: AirflowStack) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def airflow_stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
-    stack = AirflowStack(home=base / "airflow", lf_home=base / "lf")
+    # OpenLineage on, into files: test_openlineage.py reads the events of the scheduled run
+    stack = AirflowStack(home=base / "airflow", lf_home=base / "lf", openlineage=file_transport(base / "openlineage"))
     with leptonflow_env(stack) as env:
         yield from _running(stack, env)
 

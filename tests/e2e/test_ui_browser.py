@@ -1,12 +1,15 @@
 """A person in a real browser (Debian's Chromium, headless): log in, trigger the DAG from
-the form with non-default Params, watch the run succeed, open the report page."""
+the form with non-default Params, watch the run succeed, open the report page; the report pages
+refuse a logged-out browser and crafted paths, and hostile lake names never run script."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -76,7 +79,7 @@ def test_trigger_from_form_with_non_default_params(page, airflow_stack, schedule
         run = next((r for r in body.get("dag_runs", []) if (r.get("conf") or {}).get("interval_date") == ds), None)
         time.sleep(2)
     assert run is not None, "the form did not create a run with interval_date"
-    assert run["conf"]["epochs"] == 1 and run["conf"]["hidden"] == 32
+    assert run["conf"]["epochs"] == 1 and run["conf"]["hidden"] == "32"
     state = airflow_stack.wait_run(DAG_ID, run["dag_run_id"], timeout=1200)
     assert state == "success", failed_logs(airflow_stack, run["dag_run_id"],
                                            airflow_stack.task_states(DAG_ID, run["dag_run_id"]))
@@ -106,3 +109,73 @@ def test_form_refuses_bad_value(page, airflow_stack):
     page.screenshot(path=str(SHOTS / "trigger-form-bad-value.png"))
     assert field.input_value() != "0"
     assert int(field.input_value()) >= 1
+
+
+HOSTILE = "<img src=x onerror=alert(document.domain)>"
+
+
+def test_report_pages_need_a_login_and_refuse_crafted_paths(browser, page, airflow_stack, scheduled_run):
+    """Logged out: refused (sent to the login page, which brings the browser back); logged in: the pages,
+    with hostile lake folder names inert; crafted file paths (traversal, a data file, the keyring, an
+    absolute path) refused."""
+    assert scheduled_run["state"] == "success"
+    ds, url = scheduled_run["ds"], airflow_stack.url
+    lake = Path(airflow_stack.env["LEPTONFLOW_LAKE"])
+    keyring = Path(airflow_stack.env["LEPTONFLOW_KEYRING"])
+    secret = keyring.read_bytes() if keyring.is_file() else b"\0no keyring file\0"
+    hostile = [lake / "clean" / HOSTILE / f"ds={ds}", lake / "clean" / "events" / f"ds={HOSTILE}"]
+    for folder in hostile:
+        folder.mkdir(parents=True)
+    dialogs: list[str] = []
+    try:
+        # logged out: no page, only the login form; after logging in, back on the report
+        anon_ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        anon = anon_ctx.new_page()
+        anon.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        assert anon.request.get(f"{url}/leptonflow/").status == 401
+        assert anon.request.get(f"{url}/leptonflow/report/events/{ds}").status == 401
+        anon.goto(f"{url}/leptonflow/report/events/{ds}", wait_until="networkidle")
+        assert "/auth/login" in anon.url and "rows in" not in anon.inner_text("body")
+        anon.screenshot(path=str(SHOTS / "report-logged-out.png"))
+        anon.fill("input[name=username]", "admin")
+        anon.fill("input[name=password]", airflow_stack.password())
+        anon.keyboard.press("Enter")
+        anon.wait_for_url(f"{url}/leptonflow/report/events/{ds}", timeout=60_000)
+        assert "rows in" in anon.inner_text("body")
+        anon_ctx.close()
+
+        # logged in: the index lists the run; the hostile folders neither render nor run
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/leptonflow/", wait_until="networkidle")
+        text = page.inner_text("body")
+        assert f"events — {ds}" in text and "onerror" not in text and page.locator("img").count() == 0
+        page.get_by_role("link", name=f"events — {ds}").click()
+        page.wait_for_load_state("networkidle")
+        assert "rows in" in page.inner_text("body")
+        page.get_by_role("link", name="Data Docs: clean/index.html").click()
+        page.wait_for_load_state("networkidle")
+        assert "expect_split_groups_to_be_disjoint" in page.inner_text("body")
+        assert dialogs == []
+
+        # crafted paths, with the logged-in user's cookie
+        clean = json.loads((lake / "clean" / "events" / f"ds={ds}" / "_manifest.json").read_text())
+        data_file = lake / "clean" / "events" / f"ds={ds}" / clean["files"][0]["path"]
+        docs = lake / "validation" / "events" / f"ds={ds}"
+        crafted = [
+            f"/leptonflow/file?path={quote(str(keyring))}",
+            f"/leptonflow/file?path={quote(str(data_file))}",
+            "/leptonflow/file?path=/etc/passwd",
+            f"/leptonflow/file?path={quote(str(docs))}/..%2F..%2F..%2F..%2Fkeys%2Fkeyring.json",
+            f"/leptonflow/datadocs/events/{ds}/..%2F..%2F..%2F..%2Fkeys%2Fkeyring.json",
+            f"/leptonflow/datadocs/events/{ds}/{quote(clean['files'][0]['path'], safe='')}",
+            f"/leptonflow/datadocs/events/{ds}/%2Fetc%2Fpasswd",
+            f"/leptonflow/report/events/{quote(HOSTILE, safe='')}",
+            f"/leptonflow/report/{quote(HOSTILE, safe='')}/{ds}",
+        ]
+        for route in crafted:
+            r = page.request.get(f"{url}{route}", max_redirects=0)
+            assert r.status in (400, 404), (route, r.status)
+            assert secret not in r.body() and b"root:" not in r.body() and b"PAR1" not in r.body()
+    finally:
+        for folder in hostile:
+            shutil.rmtree(folder.parent if HOSTILE in folder.parent.name else folder, ignore_errors=True)
