@@ -81,7 +81,12 @@ def run_leptonflow(data: Path, out: Path, spec: DatasetSpec) -> dict[str, Any]:
     from tasks.prep import clean, split
 
     dask.config.set(LF_MEMORY)
-    ctx = StepContext("events", DS, lake_url=str(data), keyring_path=str(out / "keys.json"),
+    from tasks.security import keyring
+
+    keys = out / "keys.json"
+    if not keys.exists():
+        keyring.generate(keys)  # explicitly: tasks never create a keyring
+    ctx = StepContext("events", DS, lake_url=str(data), keyring_path=str(keys),
                       params={"encrypt": False, "rerun": uuid.uuid4().hex},
                       cluster={"backend": "local", "local_directory": str(out / "dask")},
                       upstream={"plan_clean": LF_PLAN})

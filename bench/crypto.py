@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table, source = make_data(args.gb, work)
         spec = spec_for("events")
-        ring = keyring.load(work / "keys" / "keyring.json", use_env=False)
+        ring = keyring.generate(work / "keys" / "keyring.json")
         c = crypto.LakeCrypto(key_id=ring.active, keyring_path=ring.path, pii_columns=tuple(spec.pii_columns))
         n = table.num_rows
         step = -(-n // args.files)

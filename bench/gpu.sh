@@ -101,6 +101,8 @@ home = tempfile.mkdtemp(prefix="lf-gpu-bench-")
 os.environ.update(LEPTONFLOW_HOME=home, LEPTONFLOW_LAKE=f"{home}/lake", LEPTONFLOW_KEYRING=f"{home}/keys/k.json",
                   LEPTONFLOW_HISTORY_URL=f"sqlite:///{home}/history.sqlite")
 os.environ.pop("LEPTONFLOW_KEYRING_JSON", None)
+from tasks.security import keyring
+keyring.generate(f"{home}/keys/k.json")  # explicitly: tasks never create a keyring
 hp = {"epochs": epochs, "batch_size": batch, "lr": 2e-3, "hidden": "256,128", "dropout": 0.0, "patience": epochs,
       "seed": 1, "checkpoint_every": 10**9, "train_workers": workers, "encrypt": True}
 ctx = StepContext(dataset="events", ds="2026-11-02", params=hp)

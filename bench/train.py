@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from tasks.context import StepContext
 from tasks.io.parquet import read_table
+from tasks.security import keyring
 from tasks.steps import run_step
 from tasks.training.model import build_model, loss_fn
 from tasks.training.stream import StreamDataset, transform
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                           LEPTONFLOW_KEYRING=f"{home}/keys/keyring.json",
                           LEPTONFLOW_HISTORY_URL=f"sqlite:///{home}/history.sqlite")
         os.environ.pop("LEPTONFLOW_KEYRING_JSON", None)
+        keyring.generate(f"{home}/keys/keyring.json")  # explicitly: tasks never create a keyring
         params = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 2e-3, "hidden": "64,32",
                   "dropout": 0.0, "patience": args.epochs, "seed": 1, "checkpoint_every": 10**9,
                   "train_nproc": args.nproc, "encrypt": True}

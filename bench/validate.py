@@ -48,6 +48,7 @@ from tasks.prep import (
     datagen,
     split,
 )
+from tasks.security import keyring
 from tasks.validation.suites import load_suite
 from tasks.validation.validate import run_clean, run_raw
 
@@ -138,12 +139,16 @@ def run_size(rows: int, repeats: int, encrypt: bool, workdir: Path, address: str
     lake = workdir / f"lake-{rows}"
     gen = datagen.generate(str(lake), start_ds=D1, days=2, rows_per_day=rows, seed=11)
 
+    keys = str(workdir / "keys.json")
+    if not Path(keys).exists():
+        keyring.generate(keys)  # explicitly: tasks never create a keyring
+
     def mk(ds: str, **p: Any) -> StepContext:
         return StepContext(
             dataset="events",
             ds=ds,
             lake_url=str(lake),
-            keyring_path=str(workdir / "keys.json"),
+            keyring_path=keys,
             history_url=f"sqlite:///{workdir}/h.db",
             cluster={"backend": "address", "address": address},
             params={"encrypt": encrypt, "validation_policy": "warn", **p},

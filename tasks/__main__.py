@@ -10,8 +10,10 @@ Commands:
   <module> ARGS...   modules with their own CLI (``cli(argv)``):
       datagen          synthetic events into the raw zone (--lake --dataset --start --days --rows/--gb --seed)
       suites           regenerate the stored Great Expectations suites from the spec (--dataset)
-      rotate-keys      new master key; re-wrap data keys without rewriting data (--keyring [--lake --dataset])
-      verify-artifact  verify a published model's signature and checksums (URL)
+      keys             init | show | export-public | rotate-signing | revoke MK_ID  (--keyring PATH)
+      rotate-keys      new master key; re-wrap data keys, seals kept (--keyring [--lake --dataset])
+      verify-artifact  verify a published model's signature and checksums (URL --public-key FILE)
+      rollback-model   point a model's signed `latest` back at an older version (--name --to)
       report           what the lake holds for one interval (--dataset --ds [--html F] [--json])
       spec check       validate a dataset spec (NAME, a file PATH, or every spec); prints OK or each problem
 """
@@ -38,9 +40,22 @@ def _commands() -> dict[str, Callable[[list[str]], int]]:
         return publish.verify_cli(argv)
 
     def rotate_keys(argv: list[str]) -> int:
-        from tasks.security import crypto
+        from tasks.context import Settings
+        from tasks.security import rotation
 
-        return crypto.rotate_cli(argv)
+        return rotation.cli(argv, Settings.from_env().keyring_path)
+
+    def keys(argv: list[str]) -> int:
+        from tasks.context import Settings
+        from tasks.security import keyring
+
+        env = Settings.from_env()
+        return keyring.cli(argv, env.keyring_path, env.kms)
+
+    def rollback_model(argv: list[str]) -> int:
+        from tasks.publishing import publish
+
+        return publish.rollback_cli(argv)
 
     def report(argv: list[str]) -> int:
         from tasks.publishing import report
@@ -58,7 +73,8 @@ def _commands() -> dict[str, Callable[[list[str]], int]]:
 
         return spec.cli(argv, Settings.from_env().specs_dir)
 
-    return {"datagen": datagen, "verify-artifact": verify_artifact, "rotate-keys": rotate_keys,
+    return {"datagen": datagen, "verify-artifact": verify_artifact, "rotate-keys": rotate_keys, "keys": keys,
+            "rollback-model": rollback_model,
             "pipeline": steps.pipeline_cli, "report": report, "suites": suites, "params": steps.params_cli,
             "spec": spec}
 

@@ -14,27 +14,30 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from tasks import params as settings_decl
-from tasks.errors import SettingError
+from tasks.errors import KeyringError, SettingError
 from tasks.io.lake import Lake
 from tasks.security import keyring, signing
-from tasks.spec import SPEC_DIR, DatasetSpec, spec_for
+from tasks.security.kms import KmsConfig
+from tasks.spec import SPEC_DIR, DatasetSpec, parse_interval, spec_for
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_VARS = {
     "LEPTONFLOW_HOME": "folder of the embedded defaults (lake, keyring, history DB, artifacts); default ./var",
     "LEPTONFLOW_LAKE": "lake root URL (default <home>/lake)",
     "LEPTONFLOW_HISTORY_URL": "SQLAlchemy URL of the run-history DB (default sqlite:///<home>/history.sqlite)",
-    "LEPTONFLOW_KEYRING": "keyring file (default <home>/keys/keyring.json)",
-    "LEPTONFLOW_KEYRING_JSON": "the keyring document itself (instead of the file)",
+    "LEPTONFLOW_KEYRING": "keyring file, mode 0600 (default <home>/keys/keyring.json; `python -m tasks keys init`)",
+    "LEPTONFLOW_KMS": "KMS that wraps new files' keys, a JSON object such as "
+                      '{"backend": "aws-kms", "key_id": "alias/leptonflow", "region": "eu-west-1"}',
     "LEPTONFLOW_ARTIFACTS": "model artifact store URL (default <home>/artifacts)",
     "LEPTONFLOW_ARTIFACTS_OPTIONS": "fsspec storage options of the artifact store, a JSON object",
-    "LEPTONFLOW_GC_GRACE_S": "seconds an unreferenced lake version folder is kept before garbage collection",
+    "LEPTONFLOW_GC_GRACE_S": "seconds a superseded lake version is kept for readers of the previous commit "
+                             "(the committed version is never deleted)",
     "LEPTONFLOW_SPECS": "folder of the dataset spec YAML files (default <repo>/dags/datasets)",
 }
 
@@ -47,7 +50,7 @@ class Settings:
     lake_url: str
     history_url: str
     keyring_path: str
-    keyring_json: str | None
+    kms: dict[str, Any] | None
     artifacts_url: str
     artifacts_options: dict[str, Any]
     gc_grace_s: float
@@ -57,13 +60,17 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("LEPTONFLOW_HOME") or REPO / "var")
-        raw_opts = env.get("LEPTONFLOW_ARTIFACTS_OPTIONS") or ""
-        try:
-            opts = json.loads(raw_opts) if raw_opts else {}
-        except json.JSONDecodeError as exc:
-            raise SettingError("LEPTONFLOW_ARTIFACTS_OPTIONS", f"is not JSON: {exc}") from None
-        if not isinstance(opts, dict):
-            raise SettingError("LEPTONFLOW_ARTIFACTS_OPTIONS", "must be a JSON object")
+        opts = _json_object(env, "LEPTONFLOW_ARTIFACTS_OPTIONS") or {}
+        if env.get("LEPTONFLOW_KEYRING_JSON"):
+            raise SettingError("LEPTONFLOW_KEYRING_JSON", "is no longer read: a keyring document in the environment "
+                               "reaches every worker process; write it to a 0600 file and set LEPTONFLOW_KEYRING, "
+                               "or give it as the leptonflow_keys Connection")
+        kms = _json_object(env, "LEPTONFLOW_KMS")
+        if kms is not None:
+            try:
+                KmsConfig.from_dict(kms, "LEPTONFLOW_KMS")
+            except KeyringError as exc:
+                raise SettingError("LEPTONFLOW_KMS", str(exc).removeprefix("LEPTONFLOW_KMS: ")) from None
         try:
             grace = float(env.get("LEPTONFLOW_GC_GRACE_S") or 300)
         except ValueError:
@@ -73,12 +80,25 @@ class Settings:
             lake_url=env.get("LEPTONFLOW_LAKE") or str(home / "lake"),
             history_url=env.get("LEPTONFLOW_HISTORY_URL") or f"sqlite:///{home / 'history.sqlite'}",
             keyring_path=env.get("LEPTONFLOW_KEYRING") or str(home / "keys" / "keyring.json"),
-            keyring_json=env.get("LEPTONFLOW_KEYRING_JSON") or None,
+            kms=kms,
             artifacts_url=env.get("LEPTONFLOW_ARTIFACTS") or str(home / "artifacts"),
             artifacts_options=opts,
             gc_grace_s=grace,
             specs_dir=Path(env.get("LEPTONFLOW_SPECS") or SPEC_DIR),
         )
+
+
+def _json_object(env: Mapping[str, str], name: str) -> dict[str, Any] | None:
+    raw = env.get(name) or ""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingError(name, f"is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SettingError(name, "must be a JSON object")
+    return value
 
 
 def default_home() -> Path:
@@ -96,7 +116,7 @@ class StepContext:
     """
 
     dataset: str
-    ds: str  # data interval start as YYYY-MM-DD
+    ds: str  # the data interval: YYYY-MM-DD (daily datasets) or YYYY-MM-DDTHH (hourly), checked on creation
     lake_url: str = ""
     interval_start: datetime | None = None
     interval_end: datetime | None = None
@@ -119,10 +139,19 @@ class StepContext:
         self.artifacts_url = self.artifacts_url or env.artifacts_url
         if self.artifacts_options is None:
             self.artifacts_options = dict(env.artifacts_options)
+        start, length = parse_interval(self.ds)  # a real ISO date or hour, else a UsageError naming `ds`
         if self.interval_start is None:
-            self.interval_start = datetime.fromisoformat(self.ds).replace(tzinfo=UTC)
+            self.interval_start = start
         if self.interval_end is None:
-            self.interval_end = self.interval_start + timedelta(days=1)
+            self.interval_end = self.interval_start + length
+
+    def check_interval(self, argument: str = "ds") -> None:
+        """`ds` in the dataset's interval grammar (an ISO date for daily datasets, an ISO hour for hourly).
+
+        Raises:
+            UsageError: naming `argument` (the CLI's ``--ds``).
+        """
+        parse_interval(self.ds, self.spec.interval_unit, argument)
 
     @property
     def spec(self) -> DatasetSpec:
@@ -146,11 +175,16 @@ class StepContext:
 
     @cached_property
     def keys(self) -> keyring.Keyring:
-        return keyring.load(self.keyring_path, use_env=False, document=self.env.keyring_json)
+        """The keyring file at `keyring_path` (never created here: ``python -m tasks keys init``),
+        with the KMS of ``LEPTONFLOW_KMS`` when that is set."""
+        ring = keyring.load(self.keyring_path)
+        if self.env.kms:
+            ring.kms = dict(self.env.kms)
+        return ring
 
     @cached_property
     def lake(self) -> Lake:
-        """The lake, signing every manifest it commits and verifying every one it reads."""
+        """The lake, signing (Ed25519) every manifest it commits and verifying every one it reads."""
         return Lake(self.lake_url, signer=signing.signer_for(self.keys), verifier=signing.verifier_for(self.keys),
                     gc_grace_s=self.env.gc_grace_s)
 

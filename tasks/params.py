@@ -162,7 +162,8 @@ SETTINGS: tuple[Setting, ...] = (
     # ---- Data
     S("interval_date", "string", None, "Data", "Process this interval start (YYYY-MM-DD) instead of the run's data "
       "interval (trigger form and DAG runs; the CLI takes --ds).", affects_output=False, nullable=True, format="date"),
-    S("rerun", "string", "", "Data", "Free tag: a new value forces every cached step to recompute."),
+    S("rerun", "string", None, "Data", "Free tag: a new value forces every cached step to recompute.",
+      nullable=True),
     # ---- Cleaning
     S("chunk_rows", "integer", 1 << 20, "Cleaning", "Rows per clean map task (whole row groups).", minimum=1),
     S("partitions", "integer", 0, "Cleaning", "Dedupe buckets (= output files per split); 0 sizes them from "
@@ -235,16 +236,26 @@ SETTINGS: tuple[Setting, ...] = (
     S("train_nproc", "integer", None, "Resources", "Training processes (default: from the forecast plan).",
       affects_output=False, nullable=True, minimum=1, maximum=1024),
     # ---- Training
-    S("epochs", "integer", 3, "Training", "Training epochs (early stopping may end sooner).", minimum=1,
-      maximum=10_000),
-    S("batch_size", "integer", 1024, "Training", "Global batch size, split over the training processes.",
-      minimum=1, maximum=1_000_000),
-    S("lr", "number", 0.003, "Training", "Learning rate (AdamW).", exclusive_minimum=True, minimum=0, maximum=10),
+    S("epochs", "integer", 3, "Training", "Fewest training epochs (more when min_steps needs them; early "
+      "stopping may end sooner).", minimum=1, maximum=10_000),
+    S("batch_size", "integer", 1024, "Training", "Largest global batch size, split over the training processes "
+      "(lowered to train rows / min_epoch_steps, not below 32, when the split is small).", minimum=1,
+      maximum=1_000_000),
+    S("min_steps", "integer", 1000, "Training", "Fewest optimizer steps of a run: epochs are added until it is "
+      "reached, and early stopping waits for it (0: epochs only).", minimum=0, maximum=10_000_000),
+    S("min_epoch_steps", "integer", 16, "Training", "Fewest optimizer steps per epoch: the batch is lowered to "
+      "train rows / this.", minimum=1, maximum=100_000),
+    S("lr", "number", 0.003, "Training", "Peak learning rate (AdamW).", exclusive_minimum=True, minimum=0,
+      maximum=10),
+    S("lr_schedule", "string", "cosine", "Training", "Learning rate after warmup: cosine decay to 0 at the last "
+      "planned step, or constant.", enum=("cosine", "constant")),
+    S("warmup_fraction", "number", 0.05, "Training", "Share of the planned optimizer steps with a linear "
+      "learning-rate warmup.", minimum=0, maximum=0.5),
     S("hidden", "string", "128", "Training", "Hidden layer widths, comma-separated (e.g. 128 or 64,32)."),
-    S("dropout", "number", 0.1, "Training", "Dropout after each hidden layer.", minimum=0, maximum=0.95),
-    S("weight_decay", "number", 0.0, "Training", "AdamW weight decay.", minimum=0, maximum=1),
-    S("patience", "integer", 2, "Training", "Early stopping: epochs without validation improvement.", minimum=0,
-      maximum=1000),
+    S("dropout", "number", 0.3, "Training", "Dropout after each hidden layer.", minimum=0, maximum=0.95),
+    S("weight_decay", "number", 0.3, "Training", "AdamW (decoupled) weight decay.", minimum=0, maximum=1),
+    S("patience", "integer", 2, "Training", "Early stopping: epochs without validation improvement, counted once "
+      "min_steps are done (0: off).", minimum=0, maximum=1000),
     S("seed", "integer", 42, "Training", "Random seed of training and compression fine-tuning.", minimum=0),
     S("checkpoint_every", "integer", 200, "Training", "Optimizer steps between checkpoints (resume point).",
       affects_output=False, minimum=1),
@@ -257,21 +268,29 @@ SETTINGS: tuple[Setting, ...] = (
     S("eval_batch_size", "integer", 8192, "Evaluation", "Rows per batch when scoring the test split.", minimum=1),
     S("calibration_bins", "integer", 10, "Evaluation", "Bins of the calibration table and expected calibration "
       "error.", minimum=2, maximum=1000),
+    S("baseline_max_rows", "integer", 100_000, "Evaluation", "Train rows (a uniform sample) the linear baseline "
+      "(logistic or ridge regression) is fitted on.", minimum=10, maximum=10_000_000),
+    S("baseline_tolerance", "number", 0.15, "Evaluation", "Publish gate: the model must beat the trivial "
+      "predictor, and its error (RMSE, or 1 - AUC) may exceed the linear baseline's by at most this fraction.",
+      minimum=0, maximum=10),
     # ---- Compression
     S("compress_budget", "number", 0.01, "Compression", "Largest tolerated drop of the primary metric (AUC for "
       "classification) of the compressed model.", minimum=0, maximum=1),
     S("compress_ratios", "array", [0.0, 0.25, 0.5, 0.75], "Compression", "Pruning ratios tried.", items="number",
       minimum=0, maximum=0.99),
-    S("compress_backends", "array", ["fp32-ts", "int8-ts", "fp32-onnx", "int8-onnx"], "Compression",
-      "Serving formats tried (TorchScript or ONNX, float or int8).", items="string",
-      enum=("fp32-ts", "int8-ts", "fp32-onnx", "int8-onnx")),
+    S("compress_backends", "array", ["fp32-onnx", "int8-onnx", "int8-static-onnx"], "Compression",
+      "Serving variants tried, all ONNX run by onnxruntime: float, int8 dynamic, int8 static (calibrated); "
+      "fp32-onnx and the PyTorch reference fp32-torch are always measured.", items="string",
+      enum=("fp32-torch", "fp32-onnx", "int8-onnx", "int8-static-onnx")),
     S("compress_finetune_epochs", "integer", 2, "Compression", "Fine-tuning epochs after pruning.", minimum=0,
       maximum=1000),
     S("compress_max_train_rows", "integer", 200_000, "Compression", "Train rows read for fine-tuning.", minimum=1),
     S("compress_max_eval_rows", "integer", 500_000, "Compression", "Validation/test rows read to score candidates.",
       minimum=1),
-    S("compress_latency_repeats", "integer", 30, "Compression", "Timed repeats per candidate's latency.",
-      minimum=1, maximum=10_000),
+    S("compress_latency_repeats", "integer", 30, "Compression", "Timed repeats per candidate at batch 256 "
+      "(batch 1: ten times as many) for its p50/p99 latency.", minimum=1, maximum=10_000),
+    S("compress_calibration_rows", "integer", 2048, "Compression", "Train rows sampled to calibrate the "
+      "activation ranges of static int8 quantization.", minimum=1, maximum=1_000_000),
     # ---- Publishing
     S("model_name", "string", None, "Publishing", "Name the model is published under (default: the dataset's "
       "name).", nullable=True),

@@ -23,14 +23,14 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 import yaml
 
-from tasks.errors import LeptonflowError
+from tasks.errors import LeptonflowError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +178,59 @@ class DatasetSpec:
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.arrow_type()) for c in self.columns])
 
+    @property
+    def interval_unit(self) -> str:
+        """How this dataset's intervals are named: ``hour`` (``YYYY-MM-DDTHH``) when its schedule fires more
+        than once a day, else ``day`` (``YYYY-MM-DD``)."""
+        return interval_unit(self.schedule)
+
     def fingerprint(self) -> str:
         """Stable hash of the spec's content: part of every step's cache key."""
         content = asdict(self)
         content.pop("source")  # where the spec lives is not what it says
         blob = json.dumps(content, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---- interval names ------------------------------------------------------------------------------
+_DAY_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_HOUR_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}$")
+UNIT_LENGTH = {"day": timedelta(days=1), "hour": timedelta(hours=1)}
+UNIT_FORM = {"day": "an ISO date YYYY-MM-DD", "hour": "an ISO hour YYYY-MM-DDTHH"}
+
+
+def interval_unit(schedule: str) -> str:
+    """``hour`` for schedules that fire more than once a day (``@hourly``, ``0 * * * *``), else ``day``."""
+    if schedule == "@hourly":
+        return "hour"
+    from croniter import croniter
+
+    try:
+        it = croniter(schedule, datetime(2026, 1, 1))
+        first, second = it.get_next(datetime), it.get_next(datetime)
+    except (ValueError, KeyError):
+        return "day"
+    return "hour" if second - first < timedelta(days=1) else "day"
+
+
+def parse_interval(ds: Any, unit: str | None = None, argument: str = "ds") -> tuple[datetime, timedelta]:
+    """(UTC start, length) of the interval `ds` names: an ISO date (a day) or an ISO hour (``2026-11-25T10``).
+
+    `unit` (a dataset's :attr:`DatasetSpec.interval_unit`) allows only that form. Anything else, like
+    ``20261125``, ``2026-11-25T00:00:00`` or ``2026-02-30``, is a :class:`UsageError` naming `argument`.
+    """
+    text = ds if isinstance(ds, str) else ""
+    found = "day" if _DAY_RE.match(text) else "hour" if _HOUR_RE.match(text) else None
+    forms = UNIT_FORM[unit] if unit else f"{UNIT_FORM['day']} or {UNIT_FORM['hour']}"
+    if found is None:
+        raise UsageError(argument, f"{ds!r} is not an interval name: give {forms}")
+    try:
+        start = datetime.fromisoformat(text).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise UsageError(argument, f"{ds!r} is not a real {'date' if found == 'day' else 'hour'} ({exc})") from None
+    if unit and found != unit:
+        raise UsageError(argument, f"{ds!r} names an {found}, but the dataset's intervals are {unit}s: give {forms}")
+    return start, UNIT_LENGTH[found]
 
 
 # ---- the schema ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from tasks import params as settings
 from tasks.context import StepContext
+from tasks.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +169,27 @@ def _context_from_args(args: argparse.Namespace) -> StepContext:
             params[k] = v
     params.update(settings.cli_overrides(args))
     cluster = json.loads(args.cluster) if args.cluster else {"backend": "local"}
-    ctx = StepContext(dataset=args.dataset, ds=args.ds, lake_url=args.lake or "", params=params, cluster=cluster)
+    try:
+        ctx = StepContext(dataset=args.dataset, ds=args.ds, lake_url=args.lake or "", params=params, cluster=cluster)
+    except UsageError as exc:
+        raise UsageError("--ds", exc.problem) from None
     ctx.settings  # noqa: B018 -- resolve now: a bad flag fails before any work, naming the setting
+    ctx.check_interval("--ds")  # the dataset's grammar: an ISO date (daily) or hour (hourly)
     return ctx
+
+
+def _usage_checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> StepContext:
+    """The run's context; a bad argument is a usage error naming it (exit status 2), before any work."""
+    try:
+        return _context_from_args(args)
+    except UsageError as exc:
+        parser.error(str(exc))
 
 
 def _parser(prog: str, step: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--ds", required=True, help="data interval start, YYYY-MM-DD")
+    p.add_argument("--ds", required=True, help="the data interval: YYYY-MM-DD (daily datasets), YYYY-MM-DDTHH (hourly)")
     p.add_argument("--lake", help="lake root URL (default $LEPTONFLOW_LAKE or ./var/lake)")
     p.add_argument("--cluster", help='cluster backend JSON, e.g. {"backend":"address","address":"tcp://..."}')
     p.add_argument("--param", action="append", help="k=v, another way to give a setting (v parsed as JSON)")
@@ -188,8 +201,9 @@ def _parser(prog: str, step: str | None) -> argparse.ArgumentParser:
 def step_cli(step: str, argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resolve(step)
-    args = _parser(f"python -m tasks {step}", step).parse_args(argv)
-    ctx = _context_from_args(args)
+    parser = _parser(f"python -m tasks {step}", step)
+    args = parser.parse_args(argv)
+    ctx = _usage_checked(parser, args)
     print(json.dumps(run_step(step, ctx), indent=1, default=str))
     return 0
 
@@ -205,8 +219,8 @@ def run_pipeline(ctx: StepContext) -> dict[str, Any]:
 
 def pipeline_cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = _parser("python -m tasks pipeline", None).parse_args(argv)
-    print(json.dumps(run_pipeline(_context_from_args(args)), indent=1, default=str))
+    parser = _parser("python -m tasks pipeline", None)
+    print(json.dumps(run_pipeline(_usage_checked(parser, parser.parse_args(argv))), indent=1, default=str))
     return 0
 
 

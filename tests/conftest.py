@@ -34,7 +34,7 @@ def bench_forecast():
 
 @pytest.fixture
 def lf_home(tmp_path, monkeypatch) -> Path:
-    """A private LEPTONFLOW_HOME (lake, keyring, history DB) for one test."""
+    """A private LEPTONFLOW_HOME (lake, keyring, history DB) for one test; its keyring is created here."""
     home = tmp_path / "lfhome"
     home.mkdir()
     monkeypatch.setenv("LEPTONFLOW_HOME", str(home))
@@ -43,7 +43,16 @@ def lf_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("LEPTONFLOW_HISTORY_URL", f"sqlite:///{home / 'history.sqlite'}")
     monkeypatch.setenv("LEPTONFLOW_ARTIFACTS", str(home / "artifacts"))
     monkeypatch.delenv("LEPTONFLOW_KEYRING_JSON", raising=False)
+    monkeypatch.delenv("LEPTONFLOW_KMS", raising=False)
+    make_keyring(home / "keys" / "keyring.json")  # explicitly, as `python -m tasks keys init` does
     return home
+
+
+def make_keyring(path: Path):
+    """A fresh keyring file at `path` (tasks never create one on their own)."""
+    from tasks.security import keyring
+
+    return keyring.generate(path)
 
 
 def pytest_configure(config):

@@ -8,7 +8,9 @@ earlier steps, and Connections, read through ``leptonflow_airflow.hooks``:
 - ``leptonflow_lake``      lake root URL
 - ``leptonflow_artifacts`` model artifact store URL and storage options
 - ``leptonflow_history``   SQLAlchemy URL of the run-history database
-- ``leptonflow_keys``      keyring document -> never logged, never in XCom
+- ``leptonflow_keys``      keyring document -> written to a private 0600 file; the step and the
+                            processes it starts get its path, never the document (not in the
+                            environment, XCom or logs)
 
 An absent Connection gives the ``tasks.context.Settings`` default; a broken one fails the
 task with an error naming it.
@@ -17,12 +19,12 @@ task with an error naming it.
 from __future__ import annotations
 
 import logging
-import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from leptonflow_airflow.hooks import StoreConnections, cluster_config
 from tasks.context import StepContext
+from tasks.spec import parse_interval
 from tasks.steps import ORDER
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,9 @@ def _interval(context: dict[str, Any]) -> tuple[str, datetime, datetime]:
     """Which day this run processes: Param `interval_date` if set, else the data interval start."""
     params = context.get("params") or {}
     chosen = params.get("interval_date")
-    if chosen:
-        start = datetime.fromisoformat(str(chosen)).replace(tzinfo=UTC)
-        return start.date().isoformat(), start, start + timedelta(days=1)
+    if chosen:  # a real ISO date, else a usage error naming the Param (not "no raw files" later)
+        start, length = parse_interval(str(chosen), "day", argument="interval_date")
+        return start.date().isoformat(), start, start + length
     start = context.get("data_interval_start") or context["logical_date"]
     end = context.get("data_interval_end") or start + timedelta(days=1)
     if end <= start:  # trigger-style timetables give empty intervals: process that day
@@ -69,9 +71,6 @@ def context_from_airflow(context: dict[str, Any], dataset: str, step: str | None
     params = {k: v for k, v in dict(context.get("params") or {}).items()}
     cluster = cluster_config()
     stores = StoreConnections.resolve()
-    if stores.keyring is not None:
-        # The keyring document travels by env to this process and the processes it starts; never logged.
-        os.environ["LEPTONFLOW_KEYRING_JSON"] = stores.keyring.to_json()
     dag_run = context.get("dag_run")
     run_id = getattr(dag_run, "run_id", None) or context.get("run_id") or "manual"
     ctx = StepContext(

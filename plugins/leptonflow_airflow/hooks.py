@@ -7,7 +7,7 @@ conn_id (default)             what the Connection holds                         
 ``leptonflow_artifacts``      artifact store URL + ``extra.storage_options`` (fsspec)      :class:`ArtifactStoreConfig`
 ``leptonflow_history``        SQLAlchemy URL of the run-history DB: ``extra.url`` or URI   :class:`HistoryConfig`
 ``dask_default``              the cluster backend config as ``extra`` (``backend`` + keys) :class:`ClusterConfig`
-``leptonflow_keys``           the keyring document as ``extra`` (``master_keys`` ...)      :class:`KeyringConfig`
+``leptonflow_keys``           the keyring document as ``extra`` (keys, or a ``kms`` part)  :class:`KeyringConfig`
 ============================  ==========================================================  ====================
 
 ``config()`` (``aconfig()`` from async code such as a trigger) returns None when the Connection
@@ -20,7 +20,6 @@ defined", which must not silently become the default.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -84,12 +83,18 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class KeyringConfig:
-    """The keyring document (``tasks.security.keyring`` format); never logged."""
+    """The keyring document (``tasks.security.keyring`` format); never logged, never in the environment."""
 
     document: dict[str, Any] = field(repr=False)
 
     def to_json(self) -> str:
-        return json.dumps(self.document)
+        return json.dumps(self.document, sort_keys=True)
+
+    def private_file(self) -> str:
+        """The path of a 0600 copy of the document (what the step and its workers are given)."""
+        from tasks.security.keyring import private_copy
+
+        return str(private_copy(self.to_json()))
 
 
 ConfigT = TypeVar("ConfigT")
@@ -284,19 +289,24 @@ class DaskClusterHook(LeptonflowConnectionHook[ClusterConfig]):
 
 
 class KeyringHook(LeptonflowConnectionHook[KeyringConfig]):
-    """``leptonflow_keys``: the keyring document (master keys, signing key), validated, never logged."""
+    """``leptonflow_keys``: the keyring document (master keys and/or a ``kms`` part, Ed25519 signing keys),
+    validated, never logged. With a ``kms`` part (``{"backend": "aws-kms", "key_id": ..., "region": ...}``)
+    a real KMS wraps new files' keys and workers only ask it to unwrap."""
 
     default_conn_name = "leptonflow_keys"
     hook_name = "leptonflow keyring"
 
     def parse(self, conn: Any) -> KeyringConfig:
         from tasks.security.keyring import Keyring
+        from tasks.security.kms import KmsConfig
 
         doc = parse_extra(conn)
         if "master_keys" not in doc:
             raise ConnectionConfigError(conn.conn_id, "extra is not a keyring document (no 'master_keys')")
         try:
-            Keyring.from_doc(doc)
+            Keyring.from_doc(doc).signing_key()  # a step signs every manifest it commits: it needs one
+            if doc.get("kms"):
+                KmsConfig.from_dict(doc["kms"], "kms")
         except (LeptonflowError, LookupError, ValueError, TypeError) as exc:
             raise ConnectionConfigError(conn.conn_id, f"keyring document is malformed: {exc}") from None
         return KeyringConfig(document=doc)
@@ -326,9 +336,8 @@ class StoreConnections:
     def step_fields(self, env: Settings | None = None) -> dict[str, Any]:
         """``StepContext`` keyword arguments: the Connections' locations over the `env` defaults."""
         env = env or Settings.from_env()
-        if self.keyring is not None:
-            env = dataclasses.replace(env, keyring_json=self.keyring.to_json())
         return {
+            "keyring_path": self.keyring.private_file() if self.keyring else env.keyring_path,
             "lake_url": self.lake.url if self.lake else env.lake_url,
             "history_url": self.history.url if self.history else env.history_url,
             "artifacts_url": self.artifacts.url if self.artifacts else env.artifacts_url,

@@ -60,7 +60,38 @@ class RunReportLink(BaseOperatorLink):
         return f"{REPORT_PREFIX}/report/{dataset}/{ds}" if ds else f"{REPORT_PREFIX}/"
 
 
-class LeptonflowStepOperator(BaseOperator):
+class OpenLineageMixin:
+    """The OpenLineage provider's extraction hooks, answered by ``leptonflow_airflow.lineage``.
+
+    The provider's listener calls them in the task's process (the operator that ran `execute`, so
+    ``_lf_ctx`` and ``_lf_result`` are set); without a configured transport the provider is off and
+    never calls them. `step` and `dataset` name what the task runs.
+    """
+
+    step: str
+    dataset: str
+    _lf_ctx: Any = None  # the StepContext execute() built
+    _lf_result: Any = None  # the step's result
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        from leptonflow_airflow import lineage
+
+        return lineage.on_start(self.step, self.dataset)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from leptonflow_airflow import lineage
+
+        return lineage.for_step(self.step, self.dataset, self._lf_ctx, self._lf_result)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        from leptonflow_airflow import lineage
+
+        start = getattr(task_instance, "start_date", None)
+        return lineage.for_step(self.step, self.dataset, self._lf_ctx, None, failed=True,
+                                since=start.timestamp() if start is not None else None)
+
+
+class LeptonflowStepOperator(OpenLineageMixin, BaseOperator):
     """Runs one pipeline step (`tasks.steps.STEPS`) for the run's data interval."""
 
     operator_extra_links = (RunReportLink(), DaskDashboardLink())
@@ -72,7 +103,7 @@ class LeptonflowStepOperator(BaseOperator):
         self.dataset = dataset
 
     def execute(self, context: Any) -> dict[str, Any]:
-        ctx = context_from_airflow(context, self.dataset, self.step)
+        ctx = self._lf_ctx = context_from_airflow(context, self.dataset, self.step)
         result = run_step(self.step, ctx)
         result.setdefault("ds", ctx.ds)
         self._lf_result = result

@@ -27,6 +27,7 @@ from airflow.sdk import BaseSensorOperator
 
 from leptonflow_airflow.context import context_from_airflow
 from leptonflow_airflow.hooks import DaskClusterHook, cluster_config
+from leptonflow_airflow.operators import OpenLineageMixin
 from leptonflow_airflow.triggers import ClusterReadyTrigger
 from tasks.context import StepContext
 
@@ -50,7 +51,7 @@ def describe_plan(plan: dict[str, Any]) -> str:
     return "; ".join(parts) + f" -- {plan.get('reason', '')}"
 
 
-class ResourceForecastSensor(BaseSensorOperator):
+class ResourceForecastSensor(OpenLineageMixin, BaseSensorOperator):
     """Forecast -> cluster size -> resize -> wait (deferrable: the wait runs in the triggerer)."""
 
     template_fields = ("dataset", "stage")
@@ -68,6 +69,7 @@ class ResourceForecastSensor(BaseSensorOperator):
             raise ValueError(f"ResourceForecastSensor: stage {stage!r} is not one of {sorted(PLANNERS)}")
         self.dataset = dataset
         self.stage = stage
+        self.step = f"plan_{stage}"
         self.cluster_conn_id = cluster_conn_id
         self.poll_interval = poll_interval
         self.ready_timeout = ready_timeout
@@ -81,10 +83,10 @@ class ResourceForecastSensor(BaseSensorOperator):
         from tasks.resources import forecast
         from tasks.resources.cluster import backend_for
 
-        ctx = self.context_builder(context, self.dataset, f"plan_{self.stage}")
+        ctx = self._lf_ctx = self.context_builder(context, self.dataset, self.step)
         ctx.cluster = cluster_config(self.cluster_conn_id)
         backend = backend_for(ctx.cluster)
-        plan = getattr(forecast, PLANNERS[self.stage])(ctx)
+        plan = self._lf_result = getattr(forecast, PLANNERS[self.stage])(ctx)
         self.log.info("plan %s", describe_plan(plan))
         if self.stage == "train" or not backend.has_standing_cluster:
             return plan  # nothing standing to resize or wait for
@@ -111,7 +113,8 @@ class ResourceForecastSensor(BaseSensorOperator):
                 f"cluster did not reach {event.get('wanted')} workers in {event.get('waited_s')}s "
                 f"(had {event.get('workers')}; last error: {event.get('error') or 'none'})"
             )
-        plan = event["plan"]
+        plan = self._lf_result = event["plan"]
+        self._lf_ctx = self._lf_ctx or self.context_builder(context, self.dataset, self.step)  # resumed: a new process
         self.log.info("cluster ready with %s workers after %ss; plan %s", event["workers"], event["waited_s"],
                       describe_plan(plan))
         return plan

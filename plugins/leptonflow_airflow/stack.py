@@ -130,8 +130,17 @@ class AirflowStack:
         return proc.stdout
 
     def init(self) -> None:
+        self.init_keyring()
         self.cli("db", "migrate")
         self.cli("pools", "set", "gpu", "1", "Training devices: concurrent runs queue for them")
+
+    def init_keyring(self) -> None:
+        """The stack's keyring, created explicitly (``keys init``) when this home has none: tasks never create one."""
+        from tasks.security import keyring
+
+        path = Path(self.env["LEPTONFLOW_KEYRING"])
+        if not path.exists():
+            keyring.generate(path)
 
     def start(self, services: tuple[str, ...] = SERVICES) -> None:
         (self.home / "service-logs").mkdir(exist_ok=True)

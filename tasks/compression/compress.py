@@ -2,26 +2,28 @@
 
 For every grid point (prune ratio x backend) the candidate is built (prune -> short
 fine-tune on train -> quantize -> export) and then *measured on the exported artifact*
-as it will be served: serialized size in bytes, CPU latency at batch 1 and 256 (median
+as it will be served: serialized size in bytes, CPU latency at batch 1 and 256 (p50 and p99
 of repeated runs on one intra-op thread, so numbers are comparable), and the metric on
 val (AUC for classification, RMSE for regression). The kept candidate is the smallest
-(then fastest) one whose metric drop vs the uncompressed model stays within the
-``compress_budget`` setting (AUC drop for classification, RMSE increase for regression). The uncompressed model
-(``p00-fp32-ts``: float, TorchScript) is itself a candidate with drop 0 and the baseline
-of every ratio, so when nothing compressed fits it is what gets published, and the
-result says so.
+(then fastest) served one whose metric drop vs the uncompressed model stays within the
+``compress_budget`` setting (AUC drop for classification, RMSE increase for regression).
 
-Backends (the small :class:`Backend` interface, ``BACKENDS``; one more entry adds e.g. torchao):
+Every gain is measured against the reference ``p00-fp32-torch``: the uncompressed float model
+as PyTorch runs it, loaded from its ``state_dict`` bytes. It is measured, never served. The
+uncompressed model exported to ONNX (``p00-fp32-onnx``) is always a candidate, so when nothing
+compressed fits it is what gets published, and the result says so.
 
-- ``fp32-ts``   float model, TorchScript
-- ``int8-ts``   ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream for torchao,
-  still the fastest torch CPU path for small MLPs), TorchScript (it has no ONNX export)
-- ``fp32-onnx`` float model, ONNX run by onnxruntime
-- ``int8-onnx`` onnxruntime dynamic quantization of the float ONNX graph
+Backends (the small :class:`Backend` interface, ``BACKENDS``; one more entry adds another runtime):
 
-Measured on the demo-sized models (bench/compress.py): onnxruntime has far less per-call
-overhead than TorchScript for small MLPs, and int8 only pays off once Linear weights
-dominate the artifact, which is why the choice is measured per run and not fixed.
+- ``fp32-torch``       reference: float PyTorch model from its ``state_dict`` (not served)
+- ``fp32-onnx``        float model, torch.export-based ONNX export, run by onnxruntime
+- ``int8-onnx``        onnxruntime dynamic quantization of that graph (int8 weights, activations per batch)
+- ``int8-static-onnx`` onnxruntime static quantization, activation ranges calibrated on a sample of
+  ``compress_calibration_rows`` train rows
+
+torchao (0.18, the pinned torch's release) was measured as the torch-native int8 path and left
+out: on CPU its int8 dynamic Linear was slower than the float model (bench/compress.py).
+Serving is ONNX only: TorchScript (``torch.jit``) is deprecated in the pinned torch.
 
 Settings: the Compression section of :mod:`tasks.params` (``python -m tasks params``); the
 fine-tune streams the first ``compress_max_train_rows`` of train, and val/test are capped at
@@ -56,7 +58,8 @@ log = logging.getLogger(__name__)
 STAGE = "compressed"
 DEFAULT_BUDGET = 0.01
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75)
-DEFAULT_BACKENDS = ("fp32-ts", "int8-ts", "fp32-onnx", "int8-onnx")
+DEFAULT_BACKENDS = ("fp32-onnx", "int8-onnx", "int8-static-onnx")
+DEFAULT_CALIBRATION_ROWS = 2048
 
 
 # ---- data ------------------------------------------------------------------------
@@ -99,13 +102,33 @@ def metric_drop(task: str, baseline: float, value: float) -> float:
 # ---- backends: quantization + serving format ---------------------------------------
 @dataclass
 class Built:
-    """A candidate as served: the artifact bytes, its file name, and a runner loaded from those bytes."""
+    """A candidate as built: the artifact bytes, its file name, and a runner loaded from those bytes."""
 
     artifact: bytes
-    filename: str  # model.ts | model.onnx
+    filename: str  # model.onnx (served) | model.pt (the PyTorch reference)
     runner: export.Runner
-    reference: nn.Module  # the PyTorch module the artifact was made from (parity reference)
+    reference: nn.Module  # the float PyTorch module the artifact was made from (parity reference)
     exact: bool  # True when the artifact must reproduce `reference` to float tolerance
+
+
+@dataclass
+class Inputs:
+    """What a backend builds from besides the model: a sample batch and a calibration sample of train.
+
+    :meth:`float_onnx` exports a model once: the float and both int8 backends start from the same graph.
+    """
+
+    x_num: torch.Tensor
+    x_cat: torch.Tensor
+    calib_num: np.ndarray
+    calib_cat: np.ndarray
+    _onnx: dict[int, tuple[nn.Module, bytes]] = field(default_factory=dict, repr=False)
+
+    def float_onnx(self, model: nn.Module) -> bytes:
+        key = id(model)
+        if key not in self._onnx or self._onnx[key][0] is not model:
+            self._onnx[key] = (model, export.to_onnx(model, self.x_num, self.x_cat))
+        return self._onnx[key][1]
 
 
 class Backend(Protocol):
@@ -113,57 +136,52 @@ class Backend(Protocol):
 
     name: str
     quantized: bool
+    served: bool  # False: measured as the reference only, never published
 
-    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built: ...
-
-
-class TorchScriptFloat:
-    name, quantized = "fp32-ts", False
-
-    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
-        ts = export.to_torchscript(model, x_num, x_cat)
-        return Built(ts, "model.ts", export.torch_runner(export.load_torchscript(ts)), model, True)
+    def build(self, model: nn.Module, inputs: Inputs) -> Built: ...
 
 
-class TorchDynamicInt8:
-    """torch.ao ``quantize_dynamic``: int8 Linear weights, activations quantized per batch (fbgemm/x86).
+class TorchFloat:
+    """The reference: the float model as PyTorch runs it, reloaded from its state_dict bytes."""
 
-    Deprecated upstream in favour of torchao, but measured as the fastest torch CPU path for
-    small MLPs; the result only exports to TorchScript.
-    """
+    name, quantized, served = "fp32-torch", False, False
 
-    name, quantized = "int8-ts", True
-
-    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
-        from torch.ao.quantization import quantize_dynamic
-
-        with export.quiet():
-            q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-        ts = export.to_torchscript(q, x_num, x_cat)
-        return Built(ts, "model.ts", export.torch_runner(export.load_torchscript(ts)), q, True)
+    def build(self, model: nn.Module, inputs: Inputs) -> Built:
+        data = export.state_dict_bytes(model)
+        return Built(data, "model.pt", export.torch_runner(export.load_state_dict_bytes(model, data)), model, True)
 
 
 class OnnxFloat:
-    name, quantized = "fp32-onnx", False
+    name, quantized, served = "fp32-onnx", False, True
 
-    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
-        data = export.to_onnx(model, x_num, x_cat)
+    def build(self, model: nn.Module, inputs: Inputs) -> Built:
+        data = inputs.float_onnx(model)
         return Built(data, "model.onnx", export.onnx_runner(data), model, True)
 
 
 class OnnxDynamicInt8:
     """onnxruntime dynamic quantization of the float ONNX graph (int8 MatMul kernels of onnxruntime)."""
 
-    name, quantized = "int8-onnx", True
+    name, quantized, served = "int8-onnx", True, True
 
-    def build(self, model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> Built:
-        data = export.onnx_int8(export.to_onnx(model, x_num, x_cat))
+    def build(self, model: nn.Module, inputs: Inputs) -> Built:
+        data = export.onnx_int8_dynamic(inputs.float_onnx(model))
         return Built(data, "model.onnx", export.onnx_runner(data), model, False)
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (TorchScriptFloat(), TorchDynamicInt8(), OnnxFloat(),
-                                                    OnnxDynamicInt8())}
-BASELINE = "fp32-ts"  # the uncompressed model as PyTorch serves it: what every gain is measured against
+class OnnxStaticInt8:
+    """onnxruntime static quantization, activation ranges calibrated on the train sample (QGemm kernels)."""
+
+    name, quantized, served = "int8-static-onnx", True, True
+
+    def build(self, model: nn.Module, inputs: Inputs) -> Built:
+        data = export.onnx_int8_static(inputs.float_onnx(model), inputs.calib_num, inputs.calib_cat)
+        return Built(data, "model.onnx", export.onnx_runner(data), model, False)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (TorchFloat(), OnnxFloat(), OnnxDynamicInt8(), OnnxStaticInt8())}
+REFERENCE = "fp32-torch"  # the uncompressed model as PyTorch runs it: what every gain is measured against
+FALLBACK = "fp32-onnx"  # the uncompressed model as served: always built, published when nothing compressed fits
 
 
 def backend(name: str) -> Backend:
@@ -172,12 +190,14 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def torch_int8(model: nn.Module) -> nn.Module:
-    """The torch dynamic-int8 version of `model` (eager), e.g. to load a published int8 state_dict into."""
-    from torch.ao.quantization import quantize_dynamic
-
-    with export.quiet():
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+def calibration_sample(train: TabularData, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` train rows drawn without replacement (all of them when train is smaller), for static int8."""
+    if rows < 1:
+        raise ValueError(f"compress_calibration_rows must be >= 1, got {rows}")
+    if len(train) == 0:
+        raise ValueError("train split is empty: no calibration sample for static int8 quantization")
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:rows].sort().values
+    return train.x_num[idx].numpy(), train.x_cat[idx].numpy()
 
 
 # ---- training and measuring -------------------------------------------------------
@@ -213,8 +233,16 @@ def fine_tune(
     return model.eval()
 
 
-def latency_ms(run: export.Runner, x_num: np.ndarray, x_cat: np.ndarray, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of one call in milliseconds, torch on one intra-op thread (onnxruntime runners too)."""
+@dataclass(frozen=True)
+class Latency:
+    """Wall time of one call in milliseconds: median (p50) and 99th percentile of the timed repeats."""
+
+    p50_ms: float
+    p99_ms: float
+
+
+def latency(run: export.Runner, x_num: np.ndarray, x_cat: np.ndarray, repeats: int = 30, warmup: int = 5) -> Latency:
+    """p50/p99 of `repeats` timed calls after `warmup`, torch on one intra-op thread (onnxruntime runners too)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # stable, comparable numbers on a shared machine
     try:
@@ -225,9 +253,12 @@ def latency_ms(run: export.Runner, x_num: np.ndarray, x_cat: np.ndarray, repeats
                 run(x_num, x_cat)
                 if i >= warmup:
                     times.append((time.perf_counter() - t0) * 1000.0)
-        return float(statistics.median(times))
+        return Latency(float(statistics.median(times)), float(np.percentile(times, 99)))
     finally:
         torch.set_num_threads(threads)
+
+
+B1_REPEATS_FACTOR = 10  # batch-1 calls are ~100x cheaper than batch 256: more samples for a meaningful p99
 
 
 @dataclass
@@ -239,11 +270,14 @@ class Candidate:
     format: str
     parameters: int
     size_bytes: int
-    latency_b1_ms: float
-    latency_b256_ms: float
+    latency_b1_ms: float  # p50
+    latency_b1_p99_ms: float
+    latency_b256_ms: float  # p50
+    latency_b256_p99_ms: float
     metric: float
     metric_drop: float
     within_budget: bool
+    served: bool = True  # False for the PyTorch reference: measured, never published
     widths: dict[str, int] = field(default_factory=dict)
     chosen: bool = False
 
@@ -285,8 +319,14 @@ def search(
     finetune_epochs: int = 2,
     repeats: int = 30,
     seed: int = 0,
+    calibration_rows: int = DEFAULT_CALIBRATION_ROWS,
 ) -> SearchResult:
-    """Build, export and measure every candidate; mark the smallest, fastest one within budget."""
+    """Build, export and measure every candidate; mark the smallest, fastest served one within budget.
+
+    The PyTorch reference and the float ONNX export are built at every ratio whatever `backends`
+    says: the first is what gains are measured against, the second the fallback when nothing
+    compressed fits.
+    """
     if len(val) == 0:
         raise ValueError("val split is empty: cannot measure the metric drop of compression")
     if budget < 0:
@@ -297,8 +337,9 @@ def search(
     b1 = val.rows(1)
     b256 = val.rows(256)
     b1_np, b256_np = (b1[0].numpy(), b1[1].numpy()), (b256[0].numpy(), b256[1].numpy())
+    inputs = Inputs(*b256, *calibration_sample(train, calibration_rows, seed))
     ratios = sorted({0.0, *map(float, ratios)})  # the uncompressed model is always a candidate
-    names = [BASELINE, *[b for b in dict.fromkeys(backends) if b != BASELINE]]
+    names = list(dict.fromkeys([REFERENCE, FALLBACK, *backends]))
     cands: list[Candidate] = []
     built: dict[str, Built] = {}
     for ratio in ratios:
@@ -310,23 +351,30 @@ def search(
             pruned, widths = copy.deepcopy(model).eval(), {}
         for bname in names:
             be = backend(bname)
-            b = be.build(pruned, *b256)
+            b = be.build(pruned, inputs)
             name = f"p{int(round(ratio * 100)):02d}-{bname}"
             value = metric_value(task, val.y.numpy(), predict(b.runner, val), split="val")  # what is served
             drop = metric_drop(task, baseline, value)
+            lat1 = latency(b.runner, *b1_np, repeats=repeats * B1_REPEATS_FACTOR)
+            lat256 = latency(b.runner, *b256_np, repeats=repeats)
             cand = Candidate(
                 name=name, prune_ratio=ratio, backend=bname, quantized=be.quantized,
                 format=b.filename.rsplit(".", 1)[-1], parameters=prune.count_parameters(pruned),
-                size_bytes=len(b.artifact), latency_b1_ms=latency_ms(b.runner, *b1_np, repeats=repeats),
-                latency_b256_ms=latency_ms(b.runner, *b256_np, repeats=repeats),
-                metric=value, metric_drop=drop, within_budget=drop <= budget + 1e-12, widths=dict(widths),
+                size_bytes=len(b.artifact), latency_b1_ms=lat1.p50_ms, latency_b1_p99_ms=lat1.p99_ms,
+                latency_b256_ms=lat256.p50_ms, latency_b256_p99_ms=lat256.p99_ms,
+                metric=value, metric_drop=drop, within_budget=drop <= budget + 1e-12, served=be.served,
+                widths=dict(widths),
             )
-            log.info("candidate %s: %d bytes, b1 %.3f ms, b256 %.3f ms, %s %.5f (drop %.5f)", name,
-                     cand.size_bytes, cand.latency_b1_ms, cand.latency_b256_ms, mname, value, drop)
+            log.info("candidate %s: %d bytes, b1 %.3f ms (p99 %.3f), b256 %.3f ms, %s %.5f (drop %.5f)", name,
+                     cand.size_bytes, cand.latency_b1_ms, cand.latency_b1_p99_ms, cand.latency_b256_ms, mname,
+                     value, drop)
             cands.append(cand)
             built[name] = b
-    fits = [c for c in cands if c.within_budget]
-    best = min(fits, key=lambda c: (c.size_bytes, c.latency_b256_ms))
+    fits = [c for c in cands if c.served and c.within_budget]
+    if fits:
+        best = min(fits, key=lambda c: (c.size_bytes, c.latency_b256_ms))
+    else:  # even the float export misses a zero budget by rounding: publish the uncompressed model
+        best = next(c for c in cands if c.name == f"p00-{FALLBACK}")
     best.chosen = True
     return SearchResult(task, mname, budget, baseline, cands, built)
 
@@ -336,16 +384,17 @@ def markdown_table(result: SearchResult) -> str:
     base = result.baseline
     m = result.metric_name
     lines = [
-        f"| candidate | prune | backend | params | size (bytes) | x smaller | b1 ms | b256 ms | x faster b256 "
-        f"| {m} (val) | drop | within budget {result.budget:g} | chosen |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| candidate | prune | backend | params | size (bytes) | x smaller | b1 p50 ms | b1 p99 ms | b256 ms "
+        f"| x faster b256 | {m} (val) | drop | within budget {result.budget:g} | chosen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result.candidates:
+        mark = "**yes**" if c.chosen else "" if c.served else "reference (not served)"
         lines.append(
             f"| {c.name} | {c.prune_ratio:.2f} | {c.backend} | {c.parameters} | {c.size_bytes} "
-            f"| {base.size_bytes / c.size_bytes:.2f} | {c.latency_b1_ms:.3f} | {c.latency_b256_ms:.3f} "
-            f"| {base.latency_b256_ms / c.latency_b256_ms:.2f} | {c.metric:.5f} | {c.metric_drop:+.5f} "
-            f"| {'yes' if c.within_budget else 'no'} | {'**yes**' if c.chosen else ''} |"
+            f"| {base.size_bytes / c.size_bytes:.2f} | {c.latency_b1_ms:.3f} | {c.latency_b1_p99_ms:.3f} "
+            f"| {c.latency_b256_ms:.3f} | {base.latency_b256_ms / c.latency_b256_ms:.2f} | {c.metric:.5f} "
+            f"| {c.metric_drop:+.5f} | {'yes' if c.within_budget else 'no'} | {mark} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -366,7 +415,7 @@ def plot_png(result: SearchResult) -> bytes:
         if c.chosen:
             ax.scatter([c.size_bytes], [c.latency_b256_ms], s=220, facecolors="none", edgecolors="red")
     ax.set_xscale("log")
-    ax.set_xlabel("serialized size (bytes, TorchScript)")
+    ax.set_xlabel("serialized size (bytes: ONNX; state_dict for fp32-torch)")
     ax.set_ylabel("CPU latency, batch 256 (ms, median)")
     ax.set_title(f"compression candidates (budget {result.budget:g} {result.metric_name})")
     fig.colorbar(sc, ax=ax, label=f"{result.metric_name} (val)")
@@ -380,22 +429,29 @@ def plot_png(result: SearchResult) -> bytes:
 # ---- the pipeline step -----------------------------------------------------------------
 def load_split(lake: Lake, split_m: Manifest, group: str, stats: dict[str, Any], crypto: Any,
                max_rows: int | None = None) -> TabularData:
-    """One split of the split manifest through the shared feature transform (row groups, capped)."""
+    """One split of the split manifest through the shared feature transform (row groups, capped).
+
+    Each file read is verified against the manifest (size and rows on opening, sha256 of what is
+    read plus the rest of the file once done with it), so a replaced file fails here, naming it.
+    """
     import pyarrow as pa
 
-    from tasks.io.parquet import iter_row_groups
+    from tasks.io import verified
     from tasks.prep.features import transform
 
     tables: list[pa.Table] = []
     n = 0
     for f in split_m.group_files(group):
-        for rg in iter_row_groups(lake.full_url(lake.abspath(split_m, f)), crypto):
+        if max_rows is not None and n >= max_rows:
+            break
+        vp = verified.VerifiedParquet(verified.file_url(lake, split_m, f), f, crypto)
+        for i in range(vp.num_row_groups):
+            rg = vp.read_row_group(i)
             tables.append(rg)
             n += rg.num_rows
             if max_rows is not None and n >= max_rows:
                 break
-        if max_rows is not None and n >= max_rows:
-            break
+        vp.finish()
     if not tables:
         raise ManifestError(f"split manifest of {split_m.dataset} ds={split_m.ds} has no {group!r} rows")
     table = pa.concat_tables(tables)
@@ -415,6 +471,7 @@ def _params(ctx: Any) -> dict[str, Any]:
         "compress_max_train_rows": ctx.param("compress_max_train_rows"),
         "compress_max_eval_rows": ctx.param("compress_max_eval_rows"),
         "compress_latency_repeats": ctx.param("compress_latency_repeats"),
+        "compress_calibration_rows": ctx.param("compress_calibration_rows"),
         "seed": ctx.param("seed"),
     }
 
@@ -433,7 +490,7 @@ def compress_and_commit(
         model, data["train"], data["val"], task, budget=params["compress_budget"],
         ratios=params["compress_ratios"], backends=params["compress_backends"],
         finetune_epochs=params["compress_finetune_epochs"], repeats=params["compress_latency_repeats"],
-        seed=params["seed"],
+        seed=params["seed"], calibration_rows=params["compress_calibration_rows"],
     )
     chosen = result.chosen
     built = result.built[chosen.name]
@@ -444,39 +501,24 @@ def compress_and_commit(
     def metric(yy: np.ndarray, logits: np.ndarray) -> float:
         return metric_value(task, yy, logits, split="test")
 
-    def served(filename: str, blob: bytes) -> export.Runner:  # reloaded from the bytes being committed
-        if filename.endswith(".ts"):
-            return export.torch_runner(export.load_torchscript(blob))
-        return export.onnx_runner(blob)
-
     files: dict[str, bytes] = {built.filename: built.artifact}
-    if not chosen.quantized:  # a float model also ships its other float format
-        other = "model.onnx" if built.filename == "model.ts" else "model.ts"
-        files[other] = (export.to_onnx if other == "model.onnx" else export.to_torchscript)(
-            reference, test.x_num, test.x_cat)
-    parity = []
-    for filename in [f for f in ("model.ts", "model.onnx") if f in files]:
-        fmt = "torchscript" if filename.endswith(".ts") else "onnx"
-        if built.exact or filename != built.filename:
-            p = export.check_parity(fmt, export.torch_runner(reference), served(filename, files[filename]),
-                                    x_num, x_cat, y, metric)
-        else:  # int8 made after export: it cannot match the float model bit for bit, only within the budget
-            p = export.check_parity(fmt, export.torch_runner(reference), served(filename, files[filename]),
-                                    x_num, x_cat, y, metric, atol=float("inf"), metric_tol=result.budget)
-        parity.append(p)
-    bad = [p.format for p in parity if not p.ok]
-    if bad:
-        raise export.ExportError(f"export parity failed on the test split for {bad}: {[p.to_dict() for p in parity]}")
-    state = io.BytesIO()
-    torch.save(reference.state_dict(), state)
-    files["model.pt"] = state.getvalue()  # weights-only loadable after prune.resize (+ torch_int8 for int8-ts)
+    served = export.onnx_runner(files[built.filename])  # reloaded from the bytes being committed
+    if built.exact:
+        parity = export.check_parity("onnx", export.torch_runner(reference), served, x_num, x_cat, y, metric)
+    else:  # int8 made after export: it cannot match the float model bit for bit, only within the budget
+        parity = export.check_parity("onnx", export.torch_runner(reference), served, x_num, x_cat, y, metric,
+                                     atol=float("inf"), metric_tol=result.budget)
+    if not parity.ok:
+        raise export.ExportError(f"export parity failed on the test split for {built.filename} "
+                                 f"({chosen.name}): {parity.to_dict()}")
+    files["model.pt"] = export.state_dict_bytes(reference)  # float weights, loadable after prune.resize
     note = (f"chose {chosen.name}" if result.compressed else
             "no compressed candidate stayed within the budget: publishing the uncompressed model")
     structure = {
         "candidate": chosen.name, "prune_ratio": chosen.prune_ratio, "backend": chosen.backend,
         "quantized": chosen.quantized, "widths": chosen.widths, "hparams": hparams, "task": task,
         "metric": result.metric_name, "formats": sorted(files), "serving_format": built.filename,
-        "state_dict": "torch-int8" if chosen.backend == "int8-ts" else "float",
+        "state_dict": "float",
     }
     files["compression.json"] = json.dumps(structure, indent=1, sort_keys=True).encode()
     files["compression.md"] = (f"# Compression of {dataset} ds={ds}\n\n{note}.\n\n" + markdown_table(result)).encode()
@@ -488,15 +530,16 @@ def compress_and_commit(
     for name, blob in files.items():
         entries.append(lake.put_bytes(vdir, version, name, blob))
     base = result.baseline
-    serving_parity = next(p for p in parity if ("model.ts" if p.format == "torchscript" else "model.onnx")
-                          == built.filename)
     summary = {
         "compressed": result.compressed, "note": note, "chosen": chosen.to_dict(), "task": task,
         "metric_name": result.metric_name, "baseline_metric": result.baseline_metric, "budget": result.budget,
+        "baseline": base.name,
         "size_ratio": base.size_bytes / chosen.size_bytes,
         "speedup_b256": base.latency_b256_ms / chosen.latency_b256_ms,
-        "serving_format": built.filename, "test_metric": serving_parity.metric_export,
-        "parity": [p.to_dict() for p in parity],
+        "speedup_b1": base.latency_b1_ms / chosen.latency_b1_ms,
+        "latency_b1_p50_ms": chosen.latency_b1_ms, "latency_b1_p99_ms": chosen.latency_b1_p99_ms,
+        "serving_format": built.filename, "test_metric": parity.metric_export,
+        "parity": [parity.to_dict()],
         "table_path": f"v={version}/compression.md", "plot_path": f"v={version}/compression.png",
     }
     manifest = Manifest(

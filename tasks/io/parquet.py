@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.errors import KeyringError, ParquetReadError
+from tasks.errors import KeyringError, ParquetReadError, StorageError
 from tasks.io.lake import FileEntry
 
 ROW_GROUP_ROWS = 128 * 1024  # ~ a few MB per row group: streamable by the training reader
@@ -122,6 +122,16 @@ def write_tables(
     wants to hold. The bytes equal ``write_table`` of the concatenated table when the first piece holds
     at least ``DICT_SAMPLE_ROWS`` rows (the dictionary-encoding choice samples the first piece).
     """
+    try:
+        return _write_tables(url, schema, tables, rel_path, group, crypto, row_group_rows)
+    except StorageError:
+        raise
+    except OSError as exc:  # e.g. ENOSPC, which pyarrow reports as "Error writing bytes to file" without the path
+        raise StorageError(url, exc) from exc
+
+
+def _write_tables(url: str, schema: pa.Schema, tables: Iterable[pa.Table], rel_path: str, group: str,
+                  crypto: ParquetCrypto | None, row_group_rows: int) -> FileEntry:
     fs, path = fsspec.core.url_to_fs(url)
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)

@@ -29,8 +29,10 @@ Plan (all per-partition work is Arrow-native, no per-row Python):
    output files are byte-identical whatever the cluster size or worker failures (with
    encryption off).
 4. Exact accounting: rows_in (from the footers) == clean + rejected, else raise.
-   ``quarantine`` then ``clean`` manifests are committed; on any error the new
-   version folders are discarded and earlier commits stay untouched.
+   The ``clean`` and ``quarantine`` manifests are committed by one commit record
+   (:meth:`tasks.io.lake.Lake.commit`): both become visible or neither. On any error
+   (or when a newer run of the interval committed meanwhile) this run's version folders
+   are discarded and the committed outputs stay untouched.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import pyarrow.parquet as pq
 from distributed import Client, wait
 
 from tasks.context import StepContext
-from tasks.errors import LeptonflowError
+from tasks.errors import LeptonflowError, StorageError
 from tasks.io.code_version import code_version
 from tasks.io.hashing import key_hash
 from tasks.io.lake import FileEntry, Lake, Manifest, fingerprint, is_local
@@ -437,17 +439,22 @@ def _write_shuffle(url: str, arrays: list[pa.Array], bounds: np.ndarray, schema:
     under readers that are still mapping the old ones.
     """
     fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     local = is_local(fs)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
     options = pa.ipc.IpcWriteOptions(compression=compression)
-    with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, \
-            pa.ipc.new_file(sink, schema, options=options) as writer:
-        for j in range(len(bounds) - 1):
-            lo, hi = int(bounds[j]), int(bounds[j + 1])
-            writer.write_batch(pa.RecordBatch.from_arrays([a.slice(lo, hi - lo) for a in arrays], schema=schema))
-    if local:
-        os.replace(tmp, path)
+    try:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with (pa.OSFile(tmp, "wb") if local else fs.open(tmp, "wb")) as sink, \
+                pa.ipc.new_file(sink, schema, options=options) as writer:
+            for j in range(len(bounds) - 1):
+                lo, hi = int(bounds[j]), int(bounds[j + 1])
+                writer.write_batch(pa.RecordBatch.from_arrays([a.slice(lo, hi - lo) for a in arrays], schema=schema))
+        if local:
+            os.replace(tmp, path)
+    except OSError as exc:  # a full disk names the file (pyarrow says only "Error writing bytes to file")
+        if local and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise StorageError(url, exc) from exc
     return {"url": url, "rows": np.diff(bounds).astype(int).tolist(), "bytes": int(fs.size(path))}
 
 
@@ -735,8 +742,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     params = ctx.cache_params(__name__)
     fp = fingerprint(lake.files_fingerprint(files), spec.fingerprint(), start_us, end_us, _anomaly_history(ctx))
     code = code_version(__name__)
-    hit = lake.cache_hit("clean", ctx.dataset, ctx.ds, fp, code, params)
-    if hit is not None and lake.cache_hit("quarantine", ctx.dataset, ctx.ds, fp, code, params) is not None:
+    committed = lake.manifests(ctx.dataset, ctx.ds, ("clean", "quarantine"))  # one commit record: both or neither
+    hit = committed["clean"]
+    if all(m is not None and lake.same_output(m, fp, code, params) for m in committed.values()):
         log.info("clean %s ds=%s: cache hit (version %s)", ctx.dataset, ctx.ds, hit.version)
         return {"cache_hit": True, "version": hit.version, **hit.extra.get("result", {})}
 
@@ -812,8 +820,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         if rows_clean == 0:
             log.warning("clean %s ds=%s: every row was rejected", ctx.dataset, ctx.ds)
         common = {"input_fingerprint": fp, "code_version": code, "params": params}
-        lake.commit(Manifest("quarantine", ctx.dataset, ctx.ds, qver, files=_sorted(q_files), **common,
-                             extra={"accounting": accounting, "reasons": reason_codes(spec)}))
+        quarantine = Manifest("quarantine", ctx.dataset, ctx.ds, qver, files=_sorted(q_files), **common,
+                              extra={"accounting": accounting, "reasons": reason_codes(spec)})
         by_split = {g: sum(r["by_split"][g] for r in reduces) for g in GROUPS}
         result["split_rows"] = by_split
         extra = {"accounting": accounting, "result": result, "schema": spec.arrow_schema().names,
@@ -822,8 +830,12 @@ def run(ctx: StepContext) -> dict[str, Any]:
                            "feature_stats": features.finalize(train_state, spec) if train_state is not None else None}}
         if anomaly_result is not None:
             extra["anomaly"] = anomaly_result
-        lake.commit(Manifest("clean", ctx.dataset, ctx.ds, cver, files=_sorted(clean_files), **common, extra=extra))
+        # ONE commit record makes clean and quarantine visible together (or neither: the previous commit stays);
+        # a run that was superseded meanwhile by a newer run of the interval is refused here (FencedError).
+        lake.commit(Manifest("clean", ctx.dataset, ctx.ds, cver, files=_sorted(clean_files), **common, extra=extra),
+                    quarantine)
     except BaseException:
+        # only this run's own folders; the lake keeps any version a commit references
         lake.discard("clean", ctx.dataset, ctx.ds, cver)
         lake.discard("quarantine", ctx.dataset, ctx.ds, qver)
         raise

@@ -13,6 +13,9 @@ manifest stores in ``extra["feature_stats"]`` (format: docs/contracts.md).
 - categorical vocabularies: exact counts; values seen at least ``min_category_count``
   times, sorted; vocab entry i has index i + 1 because index 0 is reserved for
   out-of-vocabulary values and nulls.
+- the label (``target``): exact train count/mean/std/min/max (Chan's merge, as numeric features):
+  the mean is the trivial predictor evaluation compares with, and regression trains on the label
+  standardized with it (:mod:`tasks.training.model`).
 
 :func:`transform` is the ONLY feature transform (training, evaluation, compression
 and serving all call it).
@@ -74,11 +77,35 @@ def _bottom_k(p: np.ndarray, k: int) -> np.ndarray:
 
 
 def source_columns(spec: DatasetSpec) -> list[str]:
-    """The table columns :func:`partial_fit` reads: raw numeric and categorical features, derived sources."""
+    """The table columns :func:`partial_fit` reads: raw numeric and categorical features, derived sources and
+    the label (its train mean and std: the trivial predictor, and the scale regression targets train on)."""
     f = spec.features
     cols = [c for c in (*f.numeric, *f.categorical) if c not in f.derived]
     cols += [r["from"] for r in f.derived.values() if r.get("from")]
+    cols.append(spec.label.column)
     return list(dict.fromkeys(cols))
+
+
+def _moments(arr: np.ndarray) -> dict[str, Any]:
+    """Count, nulls, mean, sum of squared deviations, min and max of a float array (NaN = null)."""
+    vals = arr[~np.isnan(arr)]
+    n = len(vals)
+    mean = float(vals.mean()) if n else 0.0
+    d = vals - mean
+    return {"count": n, "nulls": int(len(arr) - n), "mean": mean, "m2": float(np.dot(d, d)) if n else 0.0,
+            "min": float(vals.min()) if n else None, "max": float(vals.max()) if n else None}
+
+
+def _merge_moments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Chan's parallel merge of two :func:`_moments`."""
+    n = a["count"] + b["count"]
+    delta = b["mean"] - a["mean"]
+    mins = [x for x in (a["min"], b["min"]) if x is not None]
+    maxs = [x for x in (a["max"], b["max"]) if x is not None]
+    return {"count": n, "nulls": a["nulls"] + b["nulls"],
+            "mean": a["mean"] + delta * b["count"] / n if n else 0.0,
+            "m2": a["m2"] + b["m2"] + delta * delta * a["count"] * b["count"] / n if n else 0.0,
+            "min": min(mins) if mins else None, "max": max(maxs) if maxs else None}
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[Any, int]:
@@ -132,6 +159,12 @@ def partial_fit(table: pa.Table, spec: DatasetSpec, seed: int = 0, sample_size: 
         if col not in table.column_names:
             raise FeatureError(f"categorical feature {col!r} is not a column of the table")
         state["categorical"][col] = _value_counts(table.column(col))
+    label = spec.label.column
+    if label in table.column_names:
+        try:
+            state["target"] = _moments(table.column(label).cast(pa.float64()).to_numpy())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise FeatureError(f"label column {label!r} is not numeric or boolean: {exc}") from exc
     return state
 
 
@@ -143,6 +176,8 @@ def merge(*states: dict[str, Any]) -> dict[str, Any]:
     out = {"rows": 0, "numeric": {}, "categorical": {}, "sample_size": states[0]["sample_size"]}
     for s in states:
         out["rows"] += s["rows"]
+        if "target" in s:
+            out["target"] = _merge_moments(out["target"], s["target"]) if "target" in out else dict(s["target"])
         for col, b in s["numeric"].items():
             a = out["numeric"].get(col)
             if a is None:
@@ -193,7 +228,7 @@ def finalize(state: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
             "counts": dict(sorted(counts.items())),
             "normalize": cspec.normalize if cspec else "none",
         }
-    return {
+    out = {
         "numeric": numeric,
         "categorical": categorical,
         "label": spec.label.column,
@@ -203,6 +238,11 @@ def finalize(state: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
         "derived": spec.features.derived,
         "rows": state["rows"],
     }
+    t = state.get("target")
+    if t and t["count"]:  # the label over the train rows: the trivial predictor, the regression target's scale
+        out["target"] = {"mean": t["mean"], "std": float(np.sqrt(t["m2"] / t["count"])), "min": t["min"],
+                         "max": t["max"], "count": t["count"]}
+    return out
 
 
 def fit(table: pa.Table, spec: DatasetSpec, seed: int = 0) -> dict[str, Any]:

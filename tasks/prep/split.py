@@ -35,7 +35,7 @@ from tasks.context import StepContext
 from tasks.errors import LeptonflowError
 from tasks.io.code_version import code_version
 from tasks.io.hashing import string_buffers
-from tasks.io.lake import FileEntry, Lake, Manifest, fingerprint
+from tasks.io.lake import MANIFEST, FileEntry, Lake, Manifest, fingerprint
 from tasks.prep import features
 from tasks.resources.step_metrics import StepMetrics
 from tasks.security.crypto import key_material_url
@@ -184,8 +184,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         entries.sort(key=lambda e: e.path)
         result = {
             "version": version, "rows": rows, "files": len(entries),
-            "feature_stats_path": f"{lake.interval_dir('split', ctx.dataset, ctx.ds)}/_manifest.json"
-                                  "#extra.feature_stats",
+            "feature_stats_path": f"{vdir}/{MANIFEST}#extra.feature_stats",  # the manifest commit() writes there
             "feature_stats_digest": features.stats_digest(stats),
             # files are hard-linked, not read or rewritten: no bytes read, written or shuffled, no cluster
             **StepMetrics(input_bytes=sum(f.bytes for f in clean.files), input_rows=clean.rows,

@@ -1,8 +1,11 @@
-"""What happened to one interval, read back from the lake: the demo summary and the report page.
+"""What happened to one interval, read back from the lake: the demo summary and the report pages.
 
 Everything comes from committed, signature-checked manifests (and the run-history
 DB for forecast vs actual), so the report shows what is really in the lake,
-not what a task claimed.
+not what a task claimed. Pages escape everything they render; URL parts are checked
+(:func:`check_request`) before they touch the lake; Data Docs files are served only when
+their signed ``validation`` manifest lists them and their sha256 matches (:func:`docs_file`);
+example values of the spec's PII columns are masked.
 """
 
 from __future__ import annotations
@@ -12,16 +15,99 @@ import base64
 import html
 import json
 import logging
+import mimetypes
+import posixpath
+import re
+from collections.abc import Callable, Collection
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import fsspec
 
 from tasks.context import StepContext
+from tasks.errors import LeptonflowError
+from tasks.io import verified
 from tasks.io.lake import Manifest
+from tasks.spec import NAME_MAX, NAME_RE
+from tasks.validation.pii import mask_summary
 
 log = logging.getLogger(__name__)
 
 STAGES = ("clean", "quarantine", "split", "validation", "secure", "model", "evaluation", "compressed")
+# The only stage whose files are served: Data Docs pages and GX JSON (tasks.validation.datadocs.STAGE;
+# not imported from there, it imports Great Expectations and every Airflow process imports the plugin).
+DOCS_STAGE = "validation"
+DOCS_SUFFIXES = (".html", ".json", ".png")
+# An interval as the lake names it: an ISO date or date-time (what StepContext parses), nothing else.
+INTERVAL_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T[0-9:.]{2,15}(?:Z|[+-]\d{2}:?\d{2})?)?")
+
+
+class ReportRequestError(LeptonflowError):
+    """A report request names no valid dataset, interval or file; the message says which part."""
+
+
+class MalformedRequest(ReportRequestError, ValueError):
+    """A URL part is not of its form (an interval that is not an ISO date, a path with ``..``)."""
+
+
+class NotInLake(ReportRequestError, LookupError):
+    """The dataset, interval or file is not (committed) in the lake, or is not one the report serves."""
+
+
+def check_request(dataset: str, ds: str) -> None:
+    """Refuse a dataset that is not a dataset name and an interval that is not an ISO date (or date-time).
+
+    Raises:
+        NotInLake: `dataset` cannot be a dataset (names are ``[a-z][a-z0-9_]*``, as DAG ids need).
+        MalformedRequest: `ds` is not an interval.
+    """
+    if not NAME_RE.fullmatch(dataset) or len(dataset) > NAME_MAX:
+        raise NotInLake(f"unknown dataset {dataset!r}")
+    try:
+        ok = INTERVAL_RE.fullmatch(ds) is not None and datetime.fromisoformat(ds) is not None
+    except ValueError:
+        ok = False
+    if not ok:
+        raise MalformedRequest(f"interval {ds!r} is not an ISO date (YYYY-MM-DD) or date-time")
+
+
+def committed_intervals(url: str) -> list[tuple[str, str]]:
+    """(dataset, ds) of every interval with a clean-stage folder in the lake at `url`, newest first.
+    Folders that are not a dataset name or an interval (hostile or stray names) are left out."""
+    fs, root = fsspec.core.url_to_fs(url)
+    pairs = []
+    for p in fs.glob(f"{root.rstrip('/')}/clean/*/ds=*"):
+        dataset, ds = posixpath.basename(posixpath.dirname(p)), posixpath.basename(p)[3:]
+        try:
+            check_request(dataset, ds)
+        except ReportRequestError:
+            log.warning("report index: ignoring lake folder %r (not a dataset interval)", p)
+            continue
+        pairs.append((dataset, ds))
+    return sorted(pairs, key=lambda pair: (pair[1], pair[0]), reverse=True)
+
+
+def pii_columns(ctx: StepContext) -> list[str] | None:
+    """The spec's PII columns, or None (mask every column) when the dataset's spec cannot be read."""
+    try:
+        return list(ctx.spec.pii_columns)
+    except Exception as exc:  # an unreadable spec must not unmask anything
+        log.warning("spec of %s unavailable (%s): masking example values of every column", ctx.dataset, exc)
+        return None
+
+
+def _masked_extra(stage: str, extra: dict[str, Any], pii: Collection[str] | None) -> dict[str, Any]:
+    if stage != DOCS_STAGE or not isinstance(extra.get("suites"), dict):
+        return extra
+    suites = {k: mask_summary(v, pii) for k, v in extra["suites"].items()}
+    return {**extra, "suites": suites}
+
+
+def unversioned(path: str) -> str:
+    """A manifest file path without its ``v=<version>/`` folder: how the report names files
+    (``raw/index.html``); :func:`docs_file` accepts both forms."""
+    return path.split("/", 1)[1] if path.startswith("v=") and "/" in path else path
 
 
 def _manifest(ctx: StepContext, stage: str) -> Manifest | None:
@@ -58,8 +144,14 @@ def _published(ctx: StepContext) -> dict[str, Any]:
 
 
 def collect(dataset: str, ds: str, **overrides: Any) -> dict[str, Any]:
-    """All facts about one interval as plain JSON."""
+    """All facts about one interval as plain JSON (PII example values masked).
+
+    Raises:
+        ReportRequestError: `dataset` or `ds` is not valid (see :func:`check_request`).
+    """
+    check_request(dataset, ds)
     ctx = StepContext(dataset=dataset, ds=ds, **overrides)
+    pii = pii_columns(ctx)
     out: dict[str, Any] = {"dataset": dataset, "ds": ds, "lake": ctx.lake_url, "artifacts": ctx.artifacts_url}
     raw = ctx.lake.raw_files(dataset, ds)
     out["raw_files"] = len(raw)
@@ -75,8 +167,8 @@ def collect(dataset: str, ds: str, **overrides: Any) -> dict[str, Any]:
             "version": m.version,
             "signed": bool(m.signature),
             "groups": {g: m.rows_in(g) for g in sorted({f.group for f in m.files}) if g},
-            "extra": m.extra,
-            "file_paths": {f.path: ctx.lake.abspath(m, f) for f in m.files},
+            "extra": _masked_extra(stage, m.extra, pii),
+            "file_paths": {unversioned(f.path): ctx.lake.abspath(m, f) for f in m.files},
         }
     out["stages"] = stages
     out["history"] = _history(ctx)
@@ -137,7 +229,8 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
     model = st.get("model", {}).get("extra", {}).get("metrics", {})
     if model:
         lines.append(
-            f"training: {model.get('epochs_run', '?')} epochs ({model.get('global_step', '?')} steps), best val "
+            f"training: {model.get('epochs_run', '?')} epochs ({model.get('global_step', '?')} steps, batch "
+            f"{model.get('batch_size', '?')}), best val "
             f"{model.get('metric', 'metric')} {model.get('best_val_metric', float('nan')):.4f} on "
             f"{model.get('workers', 1)}x {model.get('device', 'cpu')}, "
             f"{model.get('train_samples_per_s', 0):,.0f} samples/s"
@@ -146,6 +239,12 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
     if ev:
         metrics = ev.get("metrics", ev)
         lines.append("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        g = ev.get("gate")
+        if g:  # the same test rows scored by the model, the trivial predictor and the linear baseline
+            lin = f"{g['linear']:.4f}" if g.get("linear") is not None else "n/a"
+            lines.append(f"baselines: test {g['metric']} model {g['model']:.4f} | trivial {g['trivial']:.4f} | "
+                         f"linear {lin}  gate {'PASSED' if g['passed'] else 'FAILED'} (tolerance {g['tolerance']:g})"
+                         + ("" if g["passed"] else ": " + "; ".join(g.get("reasons", []))))
     comp = st.get("compressed", {}).get("extra", {})
     if comp:
         summ, cands = comp.get("summary", {}), comp.get("candidates", [])
@@ -180,8 +279,27 @@ def _img(path: str) -> str:
         return f"<p>(picture {html.escape(path)} unavailable: {html.escape(str(exc))})</p>"
 
 
-def html_page(d: dict[str, Any], docs_href: Any = None) -> str:
-    """The report page: the summary, then every stage's facts and its pictures."""
+def index_page(pairs: list[tuple[str, str]]) -> str:
+    """The list of committed intervals (links relative to the index: ``report/<dataset>/<ds>``), escaped."""
+    esc = html.escape
+    rows = [
+        f"<li><a href='report/{esc(quote(dataset, safe=''))}/{esc(quote(ds, safe=''))}'>"
+        f"{esc(dataset)} — {esc(ds)}</a></li>"
+        for dataset, ds in pairs
+    ]
+    body = "".join(rows) or "<li>no committed intervals yet: trigger a leptonflow DAG</li>"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>leptonflow runs</title></head>"
+        f"<body><h1>leptonflow runs</h1><ul>{body}</ul></body></html>"
+    )
+
+
+def html_page(d: dict[str, Any], docs_href: Callable[[str, str], str] | None = None) -> str:
+    """The report page: the summary, then every stage's facts and its pictures; everything escaped.
+
+    `docs_href(stage, path)` gives the link of a Data Docs page (a manifest-relative path of the
+    ``validation`` stage); without it the pages are not linked.
+    """
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -195,18 +313,19 @@ def html_page(d: dict[str, Any], docs_href: Any = None) -> str:
     for stage, info in d.get("stages", {}).items():
         parts.append(f"<h2 id='stage-{esc(stage)}'>{esc(stage)}</h2>")
         parts.append(
-            f"<p>{info['rows']:,} rows in {info['files']} files ({_fmt_bytes(info['bytes'])}), "
-            f"version {esc(info['version'])}, manifest signed: {info['signed']}</p>"
+            f"<p>{int(info['rows']):,} rows in {int(info['files'])} files ({_fmt_bytes(info['bytes'])}), "
+            f"version {esc(str(info['version']))}, manifest signed: {bool(info['signed'])}</p>"
         )
         if info["groups"]:
             parts.append("<table><tr><th>group</th><th>rows</th></tr>")
-            parts += [f"<tr><td>{esc(g)}</td><td>{n:,}</td></tr>" for g, n in info["groups"].items()]
+            parts += [f"<tr><td>{esc(str(g))}</td><td>{int(n):,}</td></tr>" for g, n in info["groups"].items()]
             parts.append("</table>")
         for rel, url in info["file_paths"].items():
             if rel.endswith(".png"):
                 parts.append(_img(url))
-            elif rel.endswith(".html") and docs_href:
-                parts.append(f"<p><a href='{esc(docs_href(url))}'>Data Docs: {esc(rel)}</a></p>")
+            elif rel.endswith(".html") and docs_href and stage == DOCS_STAGE:
+                # `rel` is unversioned (see collect): the link, and the page's relative links, stay stable
+                parts.append(f"<p><a href='{esc(docs_href(stage, rel))}'>Data Docs: {esc(rel)}</a></p>")
         extra = {k: v for k, v in info["extra"].items() if k not in ("feature_stats",)}
         if extra:
             blob = esc(json.dumps(extra, indent=1, default=str))
@@ -215,16 +334,67 @@ def html_page(d: dict[str, Any], docs_href: Any = None) -> str:
         parts.append("<h2>forecast vs actual</h2><table>")
         parts.append("<tr><th>stage</th><th>workers</th><th>predicted s</th><th>actual s</th></tr>")
         for h in d["history"]:
-            parts.append(
-                f"<tr><td>{esc(str(h.get('stage')))}</td><td>{h.get('workers')}</td>"
-                f"<td>{h.get('predicted_wall_s')}</td><td>{h.get('wall_s')}</td></tr>"
-            )
+            cells = (h.get("stage"), h.get("workers"), h.get("predicted_wall_s"), h.get("wall_s"))
+            parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
     pub = d.get("published") or {}
     if pub:
         parts.append(f"<h2>published artifact</h2><pre>{esc(json.dumps(pub, indent=1, default=str))}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def check_docs_path(path: str) -> None:
+    """Refuse a Data Docs path that is not a plain relative path with a served suffix.
+
+    Raises:
+        MalformedRequest: an absolute path, a ``..``/``.``/empty segment or a backslash.
+        NotInLake: a suffix the report does not serve (data files, keyrings, manifests' siblings).
+    """
+    if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in path.split("/")):
+        raise MalformedRequest(f"Data Docs path {path!r} is not a plain relative path")
+    if not path.endswith(DOCS_SUFFIXES):
+        raise NotInLake(f"{path!r} is not a Data Docs file (served: {', '.join(DOCS_SUFFIXES)})")
+
+
+def docs_file(dataset: str, ds: str, path: str, **overrides: Any) -> tuple[bytes, str]:
+    """The bytes and media type of Data Docs file `path` of one interval.
+
+    Served only when the interval's signed ``validation`` manifest lists `path` (so nothing outside
+    the Data Docs zone: no data file, no keyring, no traversal) with a served suffix, and its size and
+    sha256 match that manifest.
+
+    Raises:
+        ReportRequestError: a bad URL part, or `path` is not a committed Data Docs file.
+        tasks.errors.IntegrityError: the file is not the one the manifest signed for.
+    """
+    check_request(dataset, ds)
+    check_docs_path(path)
+    ctx = StepContext(dataset=dataset, ds=ds, **overrides)
+    m = ctx.lake.manifest(DOCS_STAGE, dataset, ds)
+    entry = next((f for f in (m.files if m else []) if path in (f.path, unversioned(f.path))), None)
+    if m is None or entry is None:
+        raise NotInLake(f"no Data Docs file {path!r} committed for {dataset} ds={ds}")
+    data = verified.read_bytes(ctx.lake, m, entry)
+    return data, mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def docs_location(lake_url: str, path: str) -> tuple[str, str, str]:
+    """(dataset, ds, manifest-relative path) of a Data Docs file named by its lake path or URL (as the
+    validation steps report it); anything outside ``<lake>/validation/<dataset>/ds=<ds>/`` is refused.
+
+    Raises:
+        ReportRequestError: `path` is not under the lake's Data Docs zone, or not a plain path there.
+    """
+    fs, root = fsspec.core.url_to_fs(lake_url)
+    zone = f"{root.rstrip('/')}/{DOCS_STAGE}/"
+    inner = fs._strip_protocol(path) if "://" in path else path
+    rest = inner[len(zone):].split("/", 2) if inner.startswith(zone) else []
+    if len(rest) != 3 or not rest[1].startswith("ds="):
+        raise NotInLake(f"{path!r} is not a Data Docs file of this lake")
+    check_request(rest[0], rest[1][3:])
+    check_docs_path(rest[2])
+    return rest[0], rest[1][3:], rest[2]
 
 
 def cli(argv: list[str]) -> int:

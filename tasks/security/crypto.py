@@ -26,17 +26,20 @@ External key material
     the sidecar (:func:`file_key_ids`), and ``secure`` records it in its seal
     (``rotate-keys --update-manifests`` rewrites and re-signs the entries instead).
 
-What travels to Dask workers
-    :class:`LakeCrypto` is a small frozen dataclass (key id, keyring location, PII
-    column names): picklable and cheap. PME property objects cannot be pickled, so
-    each task builds them where it writes or reads. Key bytes never travel: the
-    worker loads the keyring itself (``LEPTONFLOW_KEYRING_JSON`` or the file), so
-    remote workers need the same secret mounted.
+What travels to Dask workers and training ranks
+    :class:`LakeCrypto` is a small frozen dataclass (key id, keyring path, KMS config, PII
+    column names): picklable and cheap. PME property objects cannot be pickled, so each task
+    builds them where it writes or reads. Key bytes never travel, neither pickled nor in the
+    environment: a worker loads the keyring from the path (a 0600 file: the embedded keyring,
+    or the private copy a task made of a Connection's document, see
+    :func:`tasks.security.keyring.private_copy`), or, with a KMS (:mod:`tasks.security.kms`),
+    asks the KMS to unwrap and needs no keyring at all.
+
+Rotation is :mod:`tasks.security.rotation` (``python -m tasks rotate-keys``).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -45,7 +48,6 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -60,6 +62,7 @@ from tasks.errors import KeyringError, LeptonflowError
 from tasks.io.lake import is_local
 from tasks.security import keyring
 from tasks.security.keyring import Keyring
+from tasks.security.kms import KmsConfig, backend_for, is_kms_wrapped, kms_wrapped_key_id
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,9 @@ def wrap(ring: Keyring, key_id: str, role: str, key_bytes: bytes) -> str:
 
 
 def wrapped_key_id(wrapped: str) -> str:
+    """The id of the master key (local) or KMS key that wrapped `wrapped`."""
+    if is_kms_wrapped(wrapped):
+        return kms_wrapped_key_id(wrapped)
     fmt, _, rest = wrapped.partition(":")
     key_id = rest.partition(":")[0]
     if fmt != WRAP_FORMAT or not key_id:
@@ -104,6 +110,11 @@ def wrapped_key_id(wrapped: str) -> str:
 
 
 def unwrap(ring: Keyring, role: str, wrapped: str) -> bytes:
+    if is_kms_wrapped(wrapped):
+        if not ring.kms:
+            raise KeyringError(f"the {role} key is wrapped by KMS key {kms_wrapped_key_id(wrapped)!r}, and this "
+                               "process has no KMS configured (the keyring's kms section or LEPTONFLOW_KMS)")
+        return backend_for(KmsConfig.from_dict(ring.kms)).unwrap(role, wrapped)
     key_id = wrapped_key_id(wrapped)
     master = ring.master_key(key_id)  # raises naming the key id when missing or revoked
     try:
@@ -120,7 +131,8 @@ def unwrap(ring: Keyring, role: str, wrapped: str) -> bytes:
 
 
 class RingKms(pe.KmsClient):
-    """PME KMS client backed by our keyring: wraps with one master key, unwraps with the one named."""
+    """PME KMS client: wraps with one key (a keyring master key, or the KMS key), unwraps with the one
+    the wrapped text names (local keyring or KMS)."""
 
     def __init__(self, ring: Keyring, wrap_key_id: str):
         super().__init__()
@@ -128,6 +140,8 @@ class RingKms(pe.KmsClient):
         self.wrap_key_id = wrap_key_id
 
     def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        if self.ring.kms and self.wrap_key_id == self.ring.wrap_key_id:
+            return backend_for(KmsConfig.from_dict(self.ring.kms)).wrap(master_key_identifier, key_bytes)
         return wrap(self.ring, self.wrap_key_id, master_key_identifier, key_bytes)
 
     def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
@@ -139,13 +153,20 @@ _LOCK = threading.Lock()
 _FACTORIES: dict[tuple[str, str], pe.CryptoFactory] = {}
 
 
-def load_ring(keyring_path: str = "") -> tuple[Keyring, str]:
-    """The keyring as this process sees it (env doc wins over the file) and a fingerprint of it.
+def load_ring(keyring_path: str = "", kms: KmsConfig | None = None) -> tuple[Keyring, str]:
+    """The keyring at `keyring_path` (with `kms` as its KMS when given), and a fingerprint of its state.
 
-    Never creates a keyring: a worker that cannot see the task's keyring must fail, not
-    invent a new key.
+    With no path, a KMS-only ring (no local key). Never creates a keyring: a worker that cannot
+    see the task's keyring fails naming the path, it does not invent a key.
     """
-    ring = keyring.load(keyring_path or None, create=False)
+    if keyring_path:
+        ring = keyring.load(keyring_path)
+    elif kms is not None:
+        ring = Keyring(active="", master_keys={})
+    else:
+        raise KeyringError("no keyring path and no KMS config: this process cannot unwrap any key")
+    if kms is not None:
+        ring.kms = kms.to_dict()
     doc = json.dumps(ring.to_doc(), sort_keys=True).encode()
     return ring, hashlib.sha256(doc).hexdigest()
 
@@ -215,17 +236,18 @@ def file_key_ids(url: str, material: bytes | None = None) -> set[str]:
 class LakeCrypto:
     """Picklable ParquetCrypto (see tasks.io.parquet): ids and locations only, never key bytes."""
 
-    key_id: str  # master key that wraps new files' keys (the keyring's active key when made)
-    keyring_path: str = ""  # "" = LEPTONFLOW_KEYRING_JSON / default location on the worker
+    key_id: str  # key that wraps new files' keys (the keyring's active key or the KMS key when made)
+    keyring_path: str = ""  # a 0600 keyring file; "" with a KMS and no local key
     pii_columns: tuple[str, ...] = ()
     double_wrapping: bool = True
+    kms: KmsConfig | None = None  # the KMS that wraps new files (no secret)
 
     def _ring(self) -> tuple[Keyring, str]:
-        ring, fp = load_ring(self.keyring_path)
-        if self.key_id not in ring.master_keys:
+        ring, fp = load_ring(self.keyring_path, self.kms)
+        if self.key_id != ring.wrap_key_id and self.key_id not in ring.master_keys:
             raise KeyringError(
                 f"master key {self.key_id!r} (active when the task started) is not in the keyring "
-                f"{ring.path or '(LEPTONFLOW_KEYRING_JSON)'} seen by this process"
+                f"{ring.path or '(KMS only)'} seen by this process"
             )
         return ring, fp
 
@@ -247,7 +269,8 @@ class LakeCrypto:
     def encryption_properties(self, columns: list[str], url: str | None = None) -> Any:
         """PME properties for writing one file (external key material next to `url` when given)."""
         ring, fp = self._ring()
-        ring.master_key(self.key_id)  # fails, naming the key id, when it was revoked meanwhile
+        if self.key_id != ring.wrap_key_id or not ring.kms:
+            ring.master_key(self.key_id)  # fails, naming the key id, when it was revoked meanwhile
         fac = _factory(ring, fp, self.key_id)
         config = self.encryption_config(list(columns), external=url is not None)
         if url is None:
@@ -256,8 +279,8 @@ class LakeCrypto:
         return fac.file_encryption_properties(pe.KmsConnectionConfig(), config, parquet_file_path=path, filesystem=fs)
 
     def decryption_properties(self, url: str | None = None) -> Any:
-        ring, fp = load_ring(self.keyring_path)
-        fac = _factory(ring, fp, ring.active)
+        ring, fp = load_ring(self.keyring_path, self.kms)
+        fac = _factory(ring, fp, ring.wrap_key_id)
         config = pe.DecryptionConfiguration(cache_lifetime=CACHE_LIFETIME)
         if url is None:
             return fac.file_decryption_properties(pe.KmsConnectionConfig(), config)
@@ -266,14 +289,28 @@ class LakeCrypto:
 
 
 def for_context(ctx: Any) -> LakeCrypto:
-    """The encryption of a step's lake writes: the keyring's active key, PII columns of the spec."""
-    ring = ctx.keys  # creates the embedded keyring on first use, in the task process only
-    ring.master_key(ring.active)  # an active key that is revoked is an error, named
-    return LakeCrypto(
-        key_id=ring.active,
-        keyring_path=ring.path or "",
-        pii_columns=tuple(ctx.spec.pii_columns),
-    )
+    """The encryption of a step's lake writes: the keyring's active key (or its KMS key), PII columns of the spec.
+
+    Workers get the keyring's path when it holds master keys (files wrapped by them stay readable),
+    and the KMS config when a KMS wraps.
+    """
+    return for_ring(ctx.keys, tuple(ctx.spec.pii_columns))
+
+
+def for_ring(ring: Keyring, pii_columns: tuple[str, ...] = ()) -> LakeCrypto:
+    kms = KmsConfig.from_dict(ring.kms, f"keyring {ring.path or '(document)'}: kms") if ring.kms else None
+    if kms is None:
+        ring.master_key(ring.active)  # an active key that is revoked is an error, named
+    if ring.master_keys and not ring.path:
+        raise KeyringError("a keyring document must be written to a private file before workers can use it "
+                           "(tasks.security.keyring.private_copy)")
+    return LakeCrypto(key_id=ring.wrap_key_id, keyring_path=ring.path if ring.master_keys else "",
+                      pii_columns=pii_columns, kms=kms)
+
+
+def known_key_ids(ring: Keyring) -> set[str]:
+    """Key ids a file of this lake may be wrapped by: the keyring's unrevoked master keys and its KMS key."""
+    return (set(ring.master_keys) - set(ring.revoked)) | ({ring.wrap_key_id} if ring.kms else set())
 
 
 # ---- rotation -----------------------------------------------------------------------
@@ -288,88 +325,3 @@ def rotate_file(url: str, ring: Keyring, new_key_id: str, double_wrapping: bool 
     except OSError as exc:
         raise CryptoError(f"{url}: cannot re-wrap keys: {exc}") from exc
     log.debug("re-wrapped %s under %s", url, new_key_id)
-
-
-def rotate_lake(
-    lake_url: str, ring: Keyring, dataset: str | None = None, update_manifests: bool = False
-) -> dict[str, Any]:
-    """Re-wrap every encrypted file of committed manifests under the ring's active key.
-
-    Manifests are signature-checked before anything is touched (a tampered manifest is
-    never re-signed). With `update_manifests` their ``key_id`` entries are rewritten and
-    re-signed (their digests change: downstream caches miss once); by default they stay
-    byte-identical.
-    """
-    from tasks.io.lake import Lake
-    from tasks.security import signing
-
-    lake = Lake(lake_url, signer=signing.signer_for(ring), verifier=signing.verifier_for(ring))
-    new_id = ring.active
-    summary: dict[str, Any] = {"key_id": new_id, "files": 0, "manifests": 0, "manifests_updated": 0,
-                               "previous_key_ids": []}
-    previous: set[str] = set()
-    if not lake.fs.exists(lake.root):
-        raise CryptoError(f"no lake at {lake_url}")
-    for stage_path in sorted(lake.fs.ls(lake.root, detail=False)):
-        stage = stage_path.rstrip("/").rsplit("/", 1)[-1]
-        if stage == "raw" or not lake.fs.isdir(stage_path):
-            continue
-        datasets = [dataset] if dataset else [p.rstrip("/").rsplit("/", 1)[-1] for p in lake.fs.ls(stage_path)]
-        for ds_name in datasets:
-            for ds in lake.intervals(stage, ds_name):
-                m = lake.require(stage, ds_name, ds)  # signature verified
-                changed = False
-                for entry in m.files:
-                    if not entry.key_id or not entry.path.endswith(".parquet"):
-                        continue
-                    url = lake.full_url(lake.abspath(m, entry))
-                    previous |= file_key_ids(url)
-                    rotate_file(url, ring, new_id)
-                    changed = changed or entry.key_id != new_id
-                    entry.key_id = new_id
-                    summary["files"] += 1
-                if m.files and any(e.key_id for e in m.files):
-                    summary["manifests"] += 1
-                if changed and update_manifests:
-                    lake.commit(m)  # same version: re-signed in place, nothing discarded
-                    summary["manifests_updated"] += 1
-    summary["previous_key_ids"] = sorted(previous - {new_id})
-    return summary
-
-
-def rotate_cli(argv: list[str]) -> int:
-    """``python -m tasks rotate-keys --keyring PATH [--lake URL [--dataset D]] [--rewrap-only] [--update-manifests]``.
-
-    Adds a master key and makes it active (new writes use it), then re-wraps the keys of
-    every committed encrypted file of the lake under it, without rewriting data files.
-    Old keys stay in the keyring (revoke them with ``tasks.security.keyring.revoke`` once rotated).
-    """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m tasks rotate-keys", description=rotate_cli.__doc__)
-    p.add_argument("--keyring", default=os.environ.get("LEPTONFLOW_KEYRING"), help="keyring file (0600)")
-    p.add_argument("--lake", help="lake root URL whose files get re-wrapped under the new key")
-    p.add_argument("--dataset", help="only this dataset (default: every dataset of the lake)")
-    p.add_argument("--rewrap-only", action="store_true", help="no new key: re-wrap under the current active key")
-    p.add_argument("--update-manifests", action="store_true",
-                   help="also rewrite FileEntry.key_id and re-sign manifests (downstream cache keys change)")
-    args = p.parse_args(argv)
-    if not args.keyring:
-        p.error("--keyring is required (or set LEPTONFLOW_KEYRING)")
-    if os.environ.get("LEPTONFLOW_KEYRING_JSON"):
-        raise CryptoError(
-            "LEPTONFLOW_KEYRING_JSON is set, so tasks would not see a rotated keyring file; unset it, rotate the "
-            "file, then store the file's new content in the secrets backend"
-        )
-    if args.dataset and not args.lake:
-        p.error("--dataset needs --lake")
-    path = Path(args.keyring)
-    ring = keyring.load(path, create=False, use_env=False)
-    old = ring.active
-    if not args.rewrap_only:
-        keyring.add_master_key(ring)
-        ring.save()  # before any re-wrap: files must never be wrapped by a key that is not stored
-    result: dict[str, Any] = {"keyring": str(path), "previous_active": old, "active": ring.active}
-    if args.lake:
-        result.update(rotate_lake(args.lake, ring, args.dataset, update_manifests=args.update_manifests))
-    print(json.dumps(result, indent=1))
-    return 0

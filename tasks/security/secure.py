@@ -126,7 +126,7 @@ def run(ctx: Any) -> dict[str, Any]:
     """Verify the interval's clean/quarantine/split outputs and commit a signed seal."""
     lake: Lake = ctx.lake
     crypto = ctx.crypto()  # None when the `encrypt` Param is off: then only signatures and sha256
-    known_keys = set(ctx.keys.master_keys) - set(ctx.keys.revoked)
+    known_keys = lfcrypto.known_key_ids(ctx.keys)
     checked: dict[str, Any] = {}
     absent: list[str] = []
     manifests: list[Manifest] = []
@@ -183,24 +183,63 @@ def _anomaly_gate(ctx: Any, manifests: list[Manifest]) -> dict[str, Any] | None:
 
 def verify_seal(ctx: Any) -> dict[str, Any]:
     """Check that the interval's seal still matches what it sealed: the manifests' digests and
-    the key-material sidecars' sha256 (cheap: no data file is read)."""
+    the key-material sidecars' sha256 (cheap: no data file is read).
+
+    A key rotation keeps seals valid: it checks each seal before re-wrapping and re-records it
+    after (:func:`reseal`), so only a change made outside a rotation fails here.
+    """
     lake: Lake = ctx.lake
     seal = lake.require("secure", ctx.dataset, ctx.ds)
+    check_seal(lake, seal)
+    return {"sealed": sorted(seal.extra.get("checked", {})), "seal_version": seal.version,
+            "rotations": len(seal.extra.get("rotations", []))}
+
+
+def check_seal(lake: Lake, seal: Manifest) -> None:
+    """Raise IntegrityError (naming the manifest or sidecar) unless everything `seal` sealed is unchanged."""
     for stage, info in seal.extra.get("checked", {}).items():
-        m = lake.require(stage, ctx.dataset, ctx.ds)
-        where = lake.interval_dir(stage, ctx.dataset, ctx.ds)
+        m = lake.require(stage, seal.dataset, seal.ds)
+        where = lake.interval_dir(stage, seal.dataset, seal.ds)
         if m.digest() != info["digest"]:
             raise IntegrityError(
                 f"{where}: manifest changed after it was sealed (version {m.version}, sealed {info['version']}); "
-                "re-run secure"
-            )
+                "re-run secure", path=where, problem="seal")
         by_path = {e.path: e for e in m.files}
         for rel, sha in info.get("key_material", {}).items():
+            if rel not in by_path:
+                raise IntegrityError(f"{where}: sealed file {rel} is no longer listed; re-run secure",
+                                     path=where, problem="seal")
             url = lake.full_url(lake.abspath(m, by_path[rel]))
             actual = hashlib.sha256(lfcrypto.read_key_material(url)).hexdigest()
             if actual != sha:
+                side = lfcrypto.key_material_url(url)
                 raise IntegrityError(
-                    f"{lfcrypto.key_material_url(url)}: key material changed after it was sealed "
-                    "(re-wrapped by a rotation, or tampered); re-run secure"
-                )
-    return {"sealed": sorted(seal.extra.get("checked", {})), "seal_version": seal.version}
+                    f"{side}: key material changed after it was sealed (tampered, or re-wrapped outside "
+                    "`python -m tasks rotate-keys`); re-run secure", path=side, problem="seal")
+
+
+def reseal(lake: Lake, seal: Manifest, crypto: Any, rotation: dict[str, Any]) -> Manifest:
+    """Re-record a seal after its interval's files were re-wrapped (and maybe their manifests re-signed).
+
+    Called by the rotation only after :func:`check_seal` held for the same seal. Each re-wrapped
+    file must still open with its new key material (its footer decrypts: the sidecar belongs to
+    this file), then the sidecars' sha256, key ids and manifest digests are recorded, the rotation
+    is appended to ``extra["rotations"]`` and the seal is re-signed in place (same version).
+    """
+    checked = seal.extra.get("checked", {})
+    for stage, info in checked.items():
+        m = lake.require(stage, seal.dataset, seal.ds)
+        by_path = {e.path: e for e in m.files}
+        shas: dict[str, str] = {}
+        ids: set[str] = set()
+        for rel in info.get("key_material", {}):
+            url = lake.full_url(lake.abspath(m, by_path[rel]))
+            material = lfcrypto.read_key_material(url)
+            if crypto is not None:
+                parquet_io.open_parquet(url, crypto).metadata  # noqa: B018 - the footer decrypts with the new material
+            shas[rel] = hashlib.sha256(material).hexdigest()
+            ids |= lfcrypto.file_key_ids(url, material)
+        info.update(key_material=shas, key_ids=sorted(ids), digest=m.digest(), version=m.version,
+                    signature_key_id=signature_key_id(m.signature))
+    seal.extra.setdefault("rotations", []).append(rotation)
+    return lake.commit(seal)

@@ -66,7 +66,9 @@ def load_model(lake: Lake, manifest: Manifest, stats: dict[str, Any] | None = No
     if not stats:
         raise ManifestError(f"{verified.file_url(lake, manifest, manifest.entry('model_config.json'))}: "
                             "no feature_stats, and none were given")
-    model = build_model(stats, config.get("hparams", config))
+    # the de-standardization the model was trained with (regression), whatever stats it is built for
+    target = (config.get("arch") or {}).get("target")
+    model = build_model(stats, config.get("hparams", config), target=target)
     model.load_state_dict(state)
     return TrainedModel(model.eval(), stats, config)
 

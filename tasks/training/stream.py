@@ -20,6 +20,13 @@ split in memory, whatever the split's size:
   following the DataLoader's round-robin order over its workers; the consumer
   drops ``leading_discard()`` batches (fewer than the number of workers).
 
+* **Integrity.** The step verifies every file before ranks read it (size, rows, sha256:
+  :func:`tasks.io.verified.layouts`) and hands each file's layout to the ranks, which refuse a
+  file whose size, footer bytes or row groups are not the verified ones (replaced after the
+  check: one small read per file, no second hash of the data). A reader that
+  reads whole files in order (evaluation: ``entries`` given) hashes the bytes as it reads them
+  (:class:`tasks.io.verified.VerifyingFile`) and fails, naming the file, at the end of each file.
+
 Batches are yielded ready-made (``x_num float32 [b, n_num], x_cat int64
 [b, n_cat], y float32 [b]``), so the DataLoader runs with ``batch_size=None``
 and no per-row Python work happens.
@@ -39,8 +46,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tasks.errors import FeatureError, ParquetReadError
+from tasks.errors import FeatureError, IntegrityError, ParquetReadError
+from tasks.io.lake import FileEntry
 from tasks.io.parquet import ParquetCrypto, open_parquet
+from tasks.io.verified import Layout, VerifiedParquet
 from tasks.prep import features
 
 log = logging.getLogger(__name__)
@@ -166,6 +175,8 @@ class StreamDataset(IterableDataset):
         shuffle: bool = True,
         shuffle_rows: int = 65536,
         skip_batches: int = 0,
+        entries: Sequence[FileEntry] | None = None,
+        layouts: Sequence[Layout] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -181,6 +192,10 @@ class StreamDataset(IterableDataset):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.shuffle_rows = max(1, int(shuffle_rows))
         self.skip_batches = int(skip_batches)
+        self.entries = list(entries) if entries is not None else None  # verify each file's sha256 as it is read
+        self.layouts = list(layouts) if layouts is not None else None  # or: compare with the verified layout
+        if self.entries is not None and len(self.entries) != len(self.urls):
+            raise ValueError(f"{len(self.entries)} manifest entries for {len(self.urls)} files")
         self._columns: dict[int, list[str]] = {}
 
     # -- sizes (identical on every rank: they only depend on metadata, seed and epoch) --
@@ -233,14 +248,35 @@ class StreamDataset(IterableDataset):
             buffers.append(cur)
         return buffers
 
+    def _open(self, i: int) -> Any:
+        """File `i` opened (verifying as it is read when entries were given), its layout checked."""
+        url = self.urls[i]
+        if self.layouts is not None:
+            self.layouts[i].check(url)
+        if self.entries is not None:
+            f = VerifiedParquet(url, self.entries[i], self.crypto)
+        else:
+            f = open_parquet(url, self.crypto)
+        md = f.metadata
+        layout = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+        if layout != self.rg_rows[i]:
+            raise IntegrityError(f"{url}: row groups {layout[:8]}... are not the ones verified before training "
+                                 f"({self.rg_rows[i][:8]}...): the file was replaced", path=url, problem="rows")
+        return f
+
+    @staticmethod
+    def _close(f: Any) -> None:
+        if isinstance(f, VerifiedParquet):
+            f.finish()  # raises IntegrityError naming the file when its bytes are not the manifest's
+
     def _read_piece(self, files: OrderedDict[int, Any], p: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         url = self.urls[p.file]
         if p.file in files:
             files.move_to_end(p.file)
         else:
             if len(files) >= _OPEN_FILES:
-                files.popitem(last=False)  # least recently used: bounded file handles and footers
-            files[p.file] = open_parquet(url, self.crypto)
+                self._close(files.popitem(last=False)[1])  # least recently used: bounded handles and footers
+            files[p.file] = self._open(p.file)
         if p.file not in self._columns:
             self._columns[p.file] = feature_columns(self.stats, files[p.file].schema_arrow.names)
         try:
@@ -278,5 +314,7 @@ class StreamDataset(IterableDataset):
             for i in range(0, full, b):
                 yield tuple(torch.from_numpy(np.ascontiguousarray(a[i : i + b])) for a in arrays)  # type: ignore[misc]
             carry = [a[full:] for a in arrays] if full < m else None
+        for f in files.values():  # before the last batch: nothing read from a bad file is handed on
+            self._close(f)
         if carry is not None:
             yield tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in carry)  # type: ignore[misc]

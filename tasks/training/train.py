@@ -16,6 +16,11 @@ Two halves, in two kinds of process:
   DataLoader worker, checkpoints every ``checkpoint_every`` steps and at each
   epoch end, early stopping on the validation metric.
 
+Training is sized to the data (:mod:`tasks.training.sizing`): the batch is bounded by the train
+rows, epochs are added up to ``min_steps`` optimizer steps, the learning rate follows warmup +
+cosine; regression trains on the label standardized with its train mean and std
+(:mod:`tasks.training.model`), the head starting at the trivial predictor.
+
 Retries resume: checkpoints live in ``<lake>/model/<dataset>/ds=<ds>/checkpoints``
 keyed by (input fingerprint, code version, params), so an Airflow retry of the
 same interval continues from the last checkpoint (exact data position), and a
@@ -40,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import LeptonflowError, ManifestError, SettingError
+from tasks.io import verified
 from tasks.io.code_version import code_version
 from tasks.io.lake import FileEntry, Lake, Manifest, fingerprint
 from tasks.resources.step_metrics import StepMetrics
+from tasks.training import sizing
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,9 @@ def hparams_from(ctx: Any) -> dict[str, Any]:
         "hidden": ctx.param("hidden"), "dropout": ctx.param("dropout"), "weight_decay": ctx.param("weight_decay"),
         "patience": ctx.param("patience"), "seed": ctx.param("seed"), "checkpoint_every": ctx.param("checkpoint_every"),
         "train_workers": ctx.param("train_workers"), "shuffle_rows": ctx.param("shuffle_rows"),
-        "log_every": ctx.param("log_every"),
+        "log_every": ctx.param("log_every"), "min_steps": ctx.param("min_steps"),
+        "min_epoch_steps": ctx.param("min_epoch_steps"), "lr_schedule": ctx.param("lr_schedule"),
+        "warmup_fraction": ctx.param("warmup_fraction"),
     }
     try:
         hp["hidden"] = parse_hidden(hp["hidden"])
@@ -119,10 +128,7 @@ def launch(nproc: int, config_path: str, env_extra: dict[str, str] | None = None
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
         "--nproc-per-node", str(nproc), "--max-restarts", "0", "-m", "tasks.training.train", "--config", config_path,
     ]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(env_extra or {})
+    env = rank_env(env_extra)
     log.info("launching %d rank(s): %s", nproc, " ".join(cmd))
     tail: deque[str] = deque(maxlen=30)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -141,6 +147,34 @@ def launch(nproc: int, config_path: str, env_extra: dict[str, str] | None = None
         _RUNNING.discard(proc)
     if rc != 0:
         raise TrainError(f"training ranks failed (torchrun exit code {rc}); last output:\n" + "\n".join(tail))
+
+
+def crypto_to_config(crypto: Any) -> dict[str, Any] | None:
+    """The ranks' view of the step's encryption as JSON: key id, keyring path, KMS config (no key)."""
+    if crypto is None:
+        return None
+    return {"key_id": crypto.key_id, "keyring_path": crypto.keyring_path, "pii_columns": list(crypto.pii_columns),
+            "kms": crypto.kms.to_dict() if crypto.kms else None}
+
+
+def crypto_from_config(cfg: dict[str, Any] | None) -> Any:
+    if cfg is None:
+        return None
+    from tasks.security.crypto import LakeCrypto
+    from tasks.security.kms import KmsConfig
+
+    return LakeCrypto(key_id=cfg["key_id"], keyring_path=cfg["keyring_path"], pii_columns=tuple(cfg["pii_columns"]),
+                      kms=KmsConfig.from_dict(cfg["kms"]) if cfg.get("kms") else None)
+
+
+def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the ranks: this process's, without Connections (ranks never use Airflow, and an
+    ``AIRFLOW_CONN_*`` value may hold secrets); the keyring reaches them as a path in the config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -186,7 +220,6 @@ def _curves_png(history: list[dict[str, Any]], metric: str) -> bytes:
 def run(ctx: Any) -> dict[str, Any]:
     from tasks.training.checkpoint import CheckpointStore
     from tasks.training.metrics import primary_metric
-    from tasks.training.stream import row_group_rows
 
     lake: Lake = ctx.lake
     split = lake.require("split", ctx.dataset, ctx.ds)
@@ -207,18 +240,30 @@ def run(ctx: Any) -> dict[str, Any]:
         return {"cache_hit": True, **hit.extra.get("metrics", {})}
 
     nproc, device = placement(ctx)
-    if device == "cpu" and nproc > 1 and hp["batch_size"] % nproc:
-        log.warning("global batch %d is not divisible by %d ranks", hp["batch_size"], nproc)
     crypto = ctx.crypto()
-    urls = {g: [lake.full_url(lake.abspath(split, f)) for f in split.group_files(g)] for g in ("train", "val")}
-    rg_rows = {g: row_group_rows(u, crypto) for g, u in urls.items()}  # footers once, not once per rank
+    urls = {g: [verified.file_url(lake, split, f) for f in split.group_files(g)] for g in ("train", "val")}
+    # every file verified (size, rows, sha256) in one read before any rank starts; the ranks get each
+    # file's verified layout (row groups, size, footer digest) and refuse a file replaced since
+    layouts = {g: verified.layouts(lake, split, split.group_files(g), crypto) for g in ("train", "val")}
+    rg_rows = {g: [lay.row_groups for lay in ls] for g, ls in layouts.items()}
+    train_rows = sum(map(sum, rg_rows["train"]))
+    batch = sizing.batch_for(train_rows, hp["batch_size"], hp["min_epoch_steps"])
+    if batch != hp["batch_size"]:
+        log.info("global batch %d (setting batch_size %d) for %d train rows: at least %d steps per epoch", batch,
+                 hp["batch_size"], train_rows, hp["min_epoch_steps"])
+    if device == "cpu" and nproc > 1 and batch % nproc:
+        log.warning("global batch %d is not divisible by %d ranks", batch, nproc)
+    if stats["task"] == "regression" and not stats.get("target"):
+        stats = {**stats, "target": label_stats(urls["train"], stats["label"], crypto)}
     ckpt_url = checkpoint_url(lake, ctx.dataset, ctx.ds)
     run_key = fingerprint(input_fp, code, params)
     version, vdir = lake.new_version("model", ctx.dataset, ctx.ds)
     config = {
-        "dataset": ctx.dataset, "ds": ctx.ds, "lake_url": ctx.lake_url, "keyring_path": ctx.keyring_path,
+        "dataset": ctx.dataset, "ds": ctx.ds, "lake_url": ctx.lake_url, "crypto": crypto_to_config(crypto),
         "params": {k: v for k, v in ctx.params.items() if isinstance(v, str | int | float | bool | type(None))},
-        "files": urls, "rg_rows": rg_rows, "stats": stats, "hparams": hp, "device": device,
+        "files": urls, "rg_rows": rg_rows, "stats": stats,
+        "layouts": {g: [lay.to_json() for lay in ls] for g, ls in layouts.items()}, "hparams": hp, "device": device,
+        "batch_size": batch,
         "checkpoint_url": ckpt_url, "run_key": run_key, "out_url": lake.full_url(vdir), "version": version,
     }
     try:
@@ -234,7 +279,7 @@ def run(ctx: Any) -> dict[str, Any]:
                            sha256=result["model_sha256"])]
         model_config = {
             "hparams": hp, "arch": result["arch"], "task": stats["task"], "metric": metric_name,
-            "best_val_metric": result["best_val_metric"], "feature_stats": stats,
+            "best_val_metric": result["best_val_metric"], "feature_stats": stats, "sizing": result["sizing"],
             "feature_stats_ref": {"stage": "split", "version": split.version, "digest": split.digest()},
             "spec_fingerprint": ctx.spec.fingerprint(), "code_version": code,
         }
@@ -248,10 +293,11 @@ def run(ctx: Any) -> dict[str, Any]:
             "metric": metric_name, "best_epoch": result["best_epoch"], "stopped_early": result["stopped_early"],
             "train_samples_per_s": result["train_samples_per_s"], "global_step": result["global_step"],
             "resumed_from_step": result["resumed_from_step"], "device": device,
-            "peak_gpu_mem_bytes": result.get("peak_gpu_mem_bytes"),
+            "peak_gpu_mem_bytes": result.get("peak_gpu_mem_bytes"), "batch_size": batch,
+            "sizing": result["sizing"],
             # workers = the ranks; threads, memory limit: the plan's (tasks.resources.history.record_step)
             **StepMetrics(input_bytes=sum(f.bytes for f in split.group_files("train")),
-                          input_rows=split.rows_in("train"), workers=nproc).to_json(),
+                          input_rows=sum(map(sum, rg_rows["train"])), workers=nproc).to_json(),
         }
         manifest = lake.commit(Manifest(
             stage="model", dataset=ctx.dataset, ds=ctx.ds, version=version, files=files,
@@ -267,6 +313,22 @@ def run(ctx: Any) -> dict[str, Any]:
     return out
 
 
+def label_stats(urls: list[str], label: str, crypto: Any) -> dict[str, Any]:
+    """Train mean/std of the label from the (just verified) train files, for a split whose feature stats
+    predate ``stats["target"]`` (:func:`tasks.prep.features.finalize` records it)."""
+    import numpy as np
+
+    from tasks.io.parquet import open_parquet
+
+    values = [open_parquet(u, crypto).read(columns=[label]).column(0).cast("float64").to_numpy() for u in urls]
+    y = np.concatenate(values) if values else np.zeros(0)
+    y = y[~np.isnan(y)]
+    log.warning("split feature stats have no label statistics (written by an older clean): computed from %d "
+                "train rows", len(y))
+    return {"mean": float(y.mean()) if len(y) else 0.0, "std": float(y.std()) if len(y) else 0.0,
+            "min": float(y.min()) if len(y) else None, "max": float(y.max()) if len(y) else None, "count": len(y)}
+
+
 # ============================================================================ the ranks
 class Trainer:
     """One rank's training loop (rank 0 also validates, checkpoints and writes the result)."""
@@ -274,10 +336,9 @@ class Trainer:
     def __init__(self, cfg: dict[str, Any], rank: int, world: int, local_rank: int):
         import torch
 
-        from tasks.context import StepContext
         from tasks.training.checkpoint import CheckpointStore
         from tasks.training.metrics import primary_metric
-        from tasks.training.model import build_model, loss_fn
+        from tasks.training.model import build_model, init_output, loss_fn
 
         self.cfg, self.rank, self.world = cfg, rank, world
         self.hp, self.stats = cfg["hparams"], cfg["stats"]
@@ -289,16 +350,19 @@ class Trainer:
         self.device = torch.device(f"cuda:{local_rank}" if self.cuda else "cpu")
         if self.cuda:
             torch.cuda.set_device(self.device)
-        ctx = StepContext(dataset=cfg["dataset"], ds=cfg["ds"], lake_url=cfg["lake_url"], params=cfg["params"],
-                          keyring_path=cfg["keyring_path"])
-        self.crypto = ctx.crypto()  # rebuilt here from the keyring: no key material crossed the process boundary
+        # ids, a keyring path and a KMS config: no key material crossed the process boundary
+        self.crypto = crypto_from_config(cfg.get("crypto"))
         workers = self.hp["train_workers"]
         self.workers = auto_workers(cfg["device"], world) if workers is None else int(workers)
-        self.local_batch = max(1, self.hp["batch_size"] // world)
+        self.batch = int(cfg.get("batch_size") or self.hp["batch_size"])  # the global batch sized to the rows
+        self.local_batch = max(1, self.batch // world)
         torch.manual_seed(self.hp["seed"])  # identical initial weights on every rank
-        self.model = build_model(self.stats, self.hp).to(self.device)
+        model = build_model(self.stats, self.hp)
+        init_output(model, self.stats)  # start at the trivial predictor (train prior / mean)
+        self.model = model.to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
-        self.criterion = loss_fn(self.task)
+        self.criterion = loss_fn(self.task, self.model.arch["target"])  # regression: the standardized scale
+        self.sizing: Any = None  # planned in fit(), from the epoch's steps
         self.store = CheckpointStore(cfg["checkpoint_url"])
         self.state: dict[str, Any] = {
             "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": -1,
@@ -386,17 +450,20 @@ class Trainer:
 
     # -- data --
     def dataset(self, group: str, epoch: int, skip: int = 0, *, train: bool = True) -> Any:
+        from tasks.io.verified import Layout
         from tasks.training.stream import StreamDataset
 
+        # the layouts the step verified: a file replaced since is refused, naming it
+        layouts = [Layout.from_json(d) for d in self.cfg["layouts"][group]] if "layouts" in self.cfg else None
         if train:
             return StreamDataset(
                 self.cfg["files"][group], self.stats, self.local_batch, crypto=self.crypto,
                 rg_rows=self.cfg["rg_rows"][group], rank=self.rank, world_size=self.world,
                 num_workers=self.workers, seed=self.hp["seed"], epoch=epoch, shuffle=True,
-                shuffle_rows=self.hp["shuffle_rows"], skip_batches=skip,
+                shuffle_rows=self.hp["shuffle_rows"], skip_batches=skip, layouts=layouts,
             )
         return StreamDataset(self.cfg["files"][group], self.stats, 8192, crypto=self.crypto,
-                             rg_rows=self.cfg["rg_rows"][group], shuffle=False)
+                             rg_rows=self.cfg["rg_rows"][group], shuffle=False, layouts=layouts)
 
     def validate(self) -> tuple[float, float]:
         """(val metric, val loss) computed on rank 0 over the whole val split, shared with every rank."""
@@ -411,8 +478,8 @@ class Trainer:
             yt, pt = torch.from_numpy(y), torch.from_numpy(p).double()
             if self.task == "classification":
                 loss = torch.nn.functional.binary_cross_entropy(pt.clamp(1e-7, 1 - 1e-7), yt.double()).item()
-            else:
-                loss = torch.nn.functional.mse_loss(pt, yt.double()).item()
+            else:  # on the scale training minimizes (standardized for a regression label)
+                loss = self.criterion(pt, yt.double()).item()
             value = [metric_value(self.task, y, p, split="val"), loss]
         metric, loss = self._broadcast(value)
         return metric, loss
@@ -424,13 +491,17 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         self.resume()
+        ds0 = self.dataset("train", 0)
+        self.sizing = sizing.plan(ds0.rows, self.batch, ds0.steps_per_epoch(), self.hp)
+        if self.rank == 0:
+            log.info("training plan: %s", self.sizing.to_json())
         net = self.model
         if self._dist():
             net = DDP(self.model, device_ids=[self.device.index] if self.cuda else None)
         hp, st = self.hp, self.state
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
         speeds: list[float] = []
-        while st["epoch"] < hp["epochs"] and not st["stopped_early"]:
+        while st["epoch"] < self.sizing.epochs and not st["stopped_early"]:
             epoch = st["epoch"]
             ds = self.dataset("train", epoch, st["step_in_epoch"])
             steps = ds.steps_per_epoch()
@@ -453,6 +524,8 @@ class Trainer:
                 loss = self.criterion(out.float(), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in self.opt.param_groups:  # a function of the global step: resumes exactly
+                    group["lr"] = sizing.lr_at(st["global_step"], self.sizing)
                 self.opt.step()
                 loss_sum += loss.detach()
                 n_steps += 1
@@ -476,16 +549,17 @@ class Trainer:
             if better:
                 st.update(best_metric=val_metric, best_epoch=epoch, bad_epochs=0)
                 self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            else:
+            elif st["global_step"] >= self.sizing.min_steps:  # early stopping counts once min_steps are done
                 st["bad_epochs"] += 1
             st["history"].append({
                 "epoch": epoch, "train_loss": total_loss / max(total_steps, 1), "val_loss": val_loss,
                 "val_metric": val_metric, "samples_per_s": speed, "steps": steps,
                 "rank0_samples_per_cpu_s": samples / max(cpu, 1e-9),
+                "lr": self.opt.param_groups[0]["lr"],
             })
             if self.rank == 0:
                 log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s, %.0f samples/s", epoch + 1,
-                         hp["epochs"], st["history"][-1]["train_loss"], val_loss, self.metric, val_metric,
+                         self.sizing.epochs, st["history"][-1]["train_loss"], val_loss, self.metric, val_metric,
                          " (best)" if better else "", speed)
             st.update(epoch=epoch + 1, step_in_epoch=0)
             if st["bad_epochs"] > hp["patience"] - 1 and hp["patience"] > 0:
@@ -514,7 +588,7 @@ class Trainer:
                 "model_bytes": len(data), "arch": self.model.arch, "history": history,
                 "best_val_metric": st["best_metric"], "best_epoch": st["best_epoch"], "metric": self.metric,
                 "stopped_early": st["stopped_early"], "global_step": st["global_step"],
-                "resumed_from_step": self.resumed_from,
+                "resumed_from_step": self.resumed_from, "sizing": self.sizing.to_json(),
                 "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
                 "train_samples_per_s": (sum(speeds) / len(speeds)) if speeds else
                 (history[-1]["samples_per_s"] if history else 0.0),

@@ -1,25 +1,27 @@
 """Data Docs: one static HTML page per validation run, committed in the lake.
 
-``<lake>/validation/<dataset>/ds=<ds>/<kind>/index.html`` is a self-contained page (no
-CDN, readable offline) built from the GX result; next to it ``gx.html`` is GX's own
+``<lake>/validation/<dataset>/ds=<ds>/v=<version>/<kind>/index.html`` is a self-contained page
+(no CDN, readable offline) built from the GX result; next to it ``gx.html`` is GX's own
 ``ValidationResultsPageRenderer`` page (its styling loads from CDNs) and ``result.json``
 is the GX result JSON. One ``validation`` manifest per interval lists the files of every
-suite kind run so far (raw and clean runs are separate steps; each keeps the other's).
+suite kind run so far (raw and clean runs are separate steps; each keeps the other's pages,
+which stay in the version folder they were committed in).
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import html
 import json
 import logging
-import time
-import uuid
+from collections.abc import Collection
 from typing import Any
 
 from great_expectations.core import ExpectationSuiteValidationResult
 
-from tasks.io.lake import FileEntry, Lake, Manifest
+from tasks.io.lake import Lake, Manifest
+from tasks.validation.partials import exp_columns
+from tasks.validation.pii import mask_result, mask_summary
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ def _cell(v: Any) -> str:
     if isinstance(v, dict | list):
         return f"<code>{html.escape(json.dumps(v, default=str)[:600])}</code>"
     return html.escape(str(v))
+
+
+def mask_validation(
+    result: ExpectationSuiteValidationResult, pii: Collection[str] | None
+) -> ExpectationSuiteValidationResult:
+    """A copy of `result` whose expectation results carry no example value of a PII column."""
+    masked = copy.deepcopy(result)
+    for r in masked.results:
+        cols = exp_columns({"kwargs": dict(r.expectation_config.kwargs)})
+        r.result = mask_result(dict(r.result or {}), cols, pii)
+    return masked
 
 
 def render_html(d: dict[str, Any], title: str, summary: dict[str, Any], gx_page: bool = True) -> str:
@@ -86,6 +99,12 @@ def render_gx_html(result: ExpectationSuiteValidationResult) -> str | None:
         return None
 
 
+def doc_kind(path: str) -> str:
+    """The suite kind of a Data Docs file path: ``v=<version>/raw/index.html`` (and format-1 ``raw/index.html``)."""
+    parts = path.split("/")
+    return parts[1] if parts[0].startswith("v=") and len(parts) > 2 else parts[0]
+
+
 def publish(
     lake: Lake,
     dataset: str,
@@ -99,14 +118,19 @@ def publish(
     suite_extra: dict[str, Any] | None = None,
     gx_page: bool = True,
     code: str = "",
+    *,
+    pii_columns: Collection[str] | None,
 ) -> str:
     """Write and commit the Data Docs of one run; returns the URL of its index.html.
+
+    Example values of `pii_columns` (the spec's ``pii: true`` columns; None: unknown, mask every
+    column) are masked in every page and in result.json: only counts and percents stay.
 
     `extra_files` (e.g. the drift profile the next interval compares against) are committed
     beside the pages; `suite_extra` is recorded with this suite's entry in the manifest.
     `gx_page=False` skips GX's own page (its Jinja rendering costs ~1 s per run).
     """
-    idir = lake.interval_dir(STAGE, dataset, ds)
+    result, summary = mask_validation(result, pii_columns), mask_summary(summary, pii_columns)
     doc = result.to_json_dict()  # GX's serialization is slow-ish: once for both pages
     pages = {
         "index.html": render_html(doc, f"{dataset} {kind} validation ds={ds}", summary, gx_page).encode(),
@@ -116,20 +140,14 @@ def publish(
     if gx_html is not None:
         pages["gx.html"] = gx_html.encode()
     pages.update(extra_files or {})
-    entries = []
-    lake.fs.makedirs(f"{idir}/{kind}", exist_ok=True)
-    for name, data in pages.items():
-        lake._write_atomic(f"{idir}/{kind}/{name}", data)  # each page replaced atomically
-        entries.append(
-            FileEntry(path=f"{kind}/{name}", rows=0, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-        )
+    # Pages go into this run's own version folder (v=<version>/<kind>/...), never over committed ones: a run
+    # that fails or is superseded leaves the committed pages as they were signed.
+    version, vdir = lake.new_version(STAGE, dataset, ds)
+    entries = [lake.put_bytes(vdir, version, f"{kind}/{name}", data) for name, data in pages.items()]
     prev = lake.manifest(STAGE, dataset, ds)
-    keep = [f for f in (prev.files if prev else []) if not f.path.startswith(f"{kind}/")]
+    keep = [f for f in (prev.files if prev else []) if doc_kind(f.path) != kind]  # the other suites' pages
     suites = dict(prev.extra.get("suites", {})) if prev else {}
     suites[kind] = {**summary, **(suite_extra or {}), "input_fingerprint": fingerprint, "params": params}
-    # Pages live in fixed <kind>/ folders (the Data Docs link must be stable), so the version
-    # is only an id here: there is no v=<version>/ folder for commit() to discard.
-    version = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     lake.commit(
         Manifest(
             STAGE,
@@ -141,6 +159,7 @@ def publish(
             code_version=code,
             params=params,
             extra={"suites": suites},
-        )
+        ),
+        expect={STAGE: prev.version if prev else None},  # merged from `prev`: refused if another run came between
     )
-    return lake.full_url(f"{idir}/{kind}/index.html")
+    return lake.full_url(f"{vdir}/{kind}/index.html")

@@ -5,7 +5,7 @@
 group disjointness) against ``<dataset>.clean.json``, including drift vs the previous
 committed clean interval. The engine (``tasks.validation.engine``) merges per-chunk partial
 results into one GX ``ExpectationSuiteValidationResult``; Data Docs go to
-``<lake>/validation/<dataset>/ds=<ds>/<kind>/index.html``.
+``<lake>/validation/<dataset>/ds=<ds>/v=<version>/<kind>/index.html``.
 
 Data Docs: GX 1.x renders a page from a result object offline (``ValidationResultsPageRenderer``),
 but that page loads its CSS/JS from CDNs, so the page we link is our own self-contained
@@ -140,7 +140,8 @@ def _quarantine(ctx: StepContext, client: Any, outcome: engine.Outcome, crypto: 
         ]
     )
     entries = [e for e in client.gather(futs) if e is not None]
-    m = lake.commit(
+    # committed with this run's Data Docs by the same commit record (both or neither)
+    m = lake.prepare(
         Manifest(
             QUARANTINE_STAGE,
             ctx.dataset,
@@ -182,6 +183,7 @@ def _finish(
         suite_extra=suite_extra,
         gx_page=bool(ctx.param("gx_data_docs")),
         code=code_version(__name__),
+        pii_columns=ctx.spec.pii_columns,
     )
     return _apply_policy(summary)
 
@@ -221,7 +223,7 @@ def _cached(ctx: StepContext, kind: str, fingerprint: str) -> dict[str, Any] | N
     prev = m.extra.get("suites", {}).get(kind)
     if not prev or prev.get("input_fingerprint") != fingerprint or prev.get("params") != ctx.cache_params(__name__):
         return None
-    if not all(ctx.lake.fs.exists(ctx.lake.abspath(m, f)) for f in m.files if f.path.startswith(f"{kind}/")):
+    if not all(ctx.lake.fs.exists(ctx.lake.abspath(m, f)) for f in m.files if datadocs.doc_kind(f.path) == kind):
         return None
     log.info("validation %s of %s ds=%s: cache hit (same input, suite, code and settings)", kind, ctx.dataset, ctx.ds)
     hidden = ("input_fingerprint", "profile_of", "profile_key", "params")
@@ -289,7 +291,8 @@ def _stored_profile(ctx: StepContext, previous: Manifest, key: str) -> dict[str,
     info = vm.extra.get("suites", {}).get("clean", {}) if vm is not None else {}
     if info.get("profile_of") != previous.digest() or info.get("profile_key") != key:
         return None
-    entry = next((f for f in vm.files if f.path == f"clean/{PROFILE_FILE}"), None)
+    entry = next((f for f in vm.files if datadocs.doc_kind(f.path) == "clean" and f.path.endswith(f"/{PROFILE_FILE}")),
+                 None)
     if entry is None or not ctx.lake.fs.exists(ctx.lake.abspath(vm, entry)):
         return None
     data = ctx.lake.fs.cat_file(ctx.lake.abspath(vm, entry))

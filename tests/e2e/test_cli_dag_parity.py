@@ -61,6 +61,9 @@ def cli_run(tmp_path_factory, airflow_stack, scheduled_run) -> dict[str, Any]:
     shutil.copytree(Path(airflow_stack.env_vars["LEPTONFLOW_LAKE"]) / raw, Path(env["LEPTONFLOW_LAKE"]) / raw)
     proc_env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTONFLOW_")}
     proc_env.update(env, PYTHONPATH=f"{REPO}:{REPO / 'plugins'}")
+    init = subprocess.run([sys.executable, "-m", "tasks", "keys", "init"], env=proc_env, cwd=home,
+                          capture_output=True, text=True, timeout=120)  # a fresh home needs its keyring first
+    assert init.returncode == 0, init.stderr[-3000:]
     proc = subprocess.run(
         [sys.executable, "-m", "tasks", "pipeline", "--dataset", DATASET, "--ds", ds],
         env=proc_env, cwd=home, capture_output=True, text=True, timeout=900,

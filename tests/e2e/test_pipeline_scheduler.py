@@ -74,21 +74,32 @@ def test_published_model_predicts_better_than_chance(pipeline_run):
     assert auc > 0.65, auc
 
 
-def test_no_key_material_in_logs_or_xcom(pipeline_run):
+def test_no_key_material_in_logs_xcom_db_lake_artifacts_or_report(pipeline_run):
+    """Every secret of the keyring, raw / hex / base64: in no task or service log, XCom, trigger argument,
+    rendered template field, manifest, lake file, artifact or the report page."""
+    from tasks.publishing import report
     from tasks.security import keyring
-    from tasks.security.keyring import key_material_fingerprints
+    from tests import secret_scan
 
-    ring = keyring.load(pipeline_run["env"]["LEPTONFLOW_KEYRING"], create=False)
-    needles = key_material_fingerprints(ring)
-    assert needles
-    home = pipeline_run["stack"].home
-    texts = [p.read_text(errors="replace") for p in (home / "logs").rglob("*.log")]
-    db = sqlite3.connect(home / "airflow.db")
-    texts += [str(v) for (v,) in db.execute("select value from xcom")]
+    ring = keyring.load(pipeline_run["env"]["LEPTONFLOW_KEYRING"])
+    stack = pipeline_run["stack"]
+    items = [("logs", p.relative_to(stack.home).as_posix(), p.read_bytes())
+             for p in sorted(stack.home.rglob("*.log")) if p.is_file()]
+    db = sqlite3.connect(stack.home / "airflow.db")
+    for kind, query in (("xcom", "select key, value from xcom"), ("trigger", "select classpath, kwargs from trigger"),
+                        ("rendered fields", "select task_id, rendered_fields from rendered_task_instance_fields"),
+                        ("dag run conf", "select run_id, conf from dag_run")):
+        items += [(kind, str(name), str(value).encode()) for name, value in db.execute(query)]
     db.close()
-    assert texts
-    for needle in needles:
-        assert not any(needle in t for t in texts), "key material leaked into a log or XCom"
+    lf_home = Path(pipeline_run["env"]["LEPTONFLOW_HOME"])
+    items += secret_scan.files(lf_home, exclude=("keys",))
+    facts = report.collect("events", pipeline_run["ds"])
+    items.append(("html", "report page", report.html_page(facts).encode()))
+    result = secret_scan.scan(ring, items)
+    print(result.summary(len(keyring.secret_forms(ring)), len(ring.master_keys) + len(ring.signing_keys)))
+    assert result.by_kind.get("logs", 0) >= len(ORDER) and result.by_kind.get("xcom", 0) >= len(ORDER)
+    assert result.by_kind.get("manifests", 0) >= 8 and result.by_kind.get("artifacts", 0) >= 5
+    assert result.hits == []
 
 
 def test_publish_emitted_an_asset_event(pipeline_run):

@@ -4,7 +4,6 @@ refuse a logged-out browser and crafted paths, and hostile lake names never run 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -13,6 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tasks.io.lake import Lake
 from tests.conftest import REPO
 from tests.e2e.conftest import DAG_ID, day, failed_logs
 
@@ -158,8 +158,8 @@ def test_report_pages_need_a_login_and_refuse_crafted_paths(browser, page, airfl
         assert dialogs == []
 
         # crafted paths, with the logged-in user's cookie
-        clean = json.loads((lake / "clean" / "events" / f"ds={ds}" / "_manifest.json").read_text())
-        data_file = lake / "clean" / "events" / f"ds={ds}" / clean["files"][0]["path"]
+        clean = Lake(str(lake)).manifest("clean", "events", ds, verify=False)  # found as readers find it
+        data_file = Lake(str(lake)).abspath(clean, clean.files[0])
         docs = lake / "validation" / "events" / f"ds={ds}"
         crafted = [
             f"/leptonflow/file?path={quote(str(keyring))}",
@@ -167,7 +167,7 @@ def test_report_pages_need_a_login_and_refuse_crafted_paths(browser, page, airfl
             "/leptonflow/file?path=/etc/passwd",
             f"/leptonflow/file?path={quote(str(docs))}/..%2F..%2F..%2F..%2Fkeys%2Fkeyring.json",
             f"/leptonflow/datadocs/events/{ds}/..%2F..%2F..%2F..%2Fkeys%2Fkeyring.json",
-            f"/leptonflow/datadocs/events/{ds}/{quote(clean['files'][0]['path'], safe='')}",
+            f"/leptonflow/datadocs/events/{ds}/{quote(clean.files[0].path, safe='')}",
             f"/leptonflow/datadocs/events/{ds}/%2Fetc%2Fpasswd",
             f"/leptonflow/report/events/{quote(HOSTILE, safe='')}",
             f"/leptonflow/report/{quote(HOSTILE, safe='')}/{ds}",

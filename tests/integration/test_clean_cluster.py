@@ -27,6 +27,7 @@ from tasks.context import StepContext
 from tasks.io.parquet import ParquetReadError, sha256_of
 from tasks.prep import clean, datagen
 from tasks.spec import spec_for
+from tests.keys import keyring_at
 
 REPO = Path(__file__).resolve().parents[2]
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -87,7 +88,8 @@ def lake(tmp_path_factory) -> Path:
 
 
 def _ctx(lake: Path, cluster_cfg: dict, **params) -> StepContext:
-    return StepContext("events", DS, lake_url=str(lake), keyring_path=str(lake.parent / f"{lake.name}-keys.json"),
+    keys = keyring_at(lake.parent / f"{lake.name}-keys.json")
+    return StepContext("events", DS, lake_url=str(lake), keyring_path=keys,
                        params={"encrypt": False, "partitions": 16, "chunk_rows": 12_000, **params},
                        cluster=cluster_cfg)
 

@@ -10,6 +10,7 @@ from moto.server import ThreadedMotoServer  # needs moto's server extras (flask,
 
 from tasks.compression import compress
 from tasks.context import StepContext
+from tasks.io.lake import Manifest
 from tasks.publishing import publish
 from tasks.training.metrics import metric_value
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
@@ -43,16 +44,20 @@ def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):
     ctx = StepContext(dataset="events", ds=DS, artifacts_url="s3://models/prod",
                       artifacts_options=options, params={"seed": 0})
     params = {"compress_budget": 0.02, "compress_ratios": [0.5],
-              "compress_backends": ["int8-ts", "fp32-onnx", "int8-onnx"], "compress_finetune_epochs": 1,
-              "compress_max_train_rows": 1500, "compress_latency_repeats": 3, "seed": 0}
+              "compress_backends": ["fp32-onnx", "int8-onnx", "int8-static-onnx"], "compress_finetune_epochs": 1,
+              "compress_max_train_rows": 1500, "compress_latency_repeats": 3,
+              "compress_calibration_rows": 256, "seed": 0}
     compress.compress_and_commit(ctx.lake, "events", DS, model, {}, {"task": "classification"}, data, params,
                                  "fp", "code")
+    version, _ = ctx.lake.new_version("evaluation", "events", DS)  # an evaluation that passed the baseline gate
+    ctx.lake.commit(Manifest("evaluation", "events", DS, version, extra={
+        "model_version": None, "comparison": {"task": "classification", "model": 0.8, "trivial": 0.5, "linear": 0.79}}))
 
     res = publish.run(ctx)
     assert res["verified"] and res["artifact_url"] == f"s3://models/prod/models/events/{res['version']}"
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="models", Prefix="prod/")["Contents"]}
     assert f"prod/models/events/{res['version']}/manifest.json" in keys
-    assert f"prod/models/events/{res['version']}/model.ts" in keys
+    assert f"prod/models/events/{res['version']}/model.onnx" in keys
     manifest = client.get_object(Bucket="models", Key=f"prod/models/events/{res['version']}/manifest.json")
     text = manifest["Body"].read().decode()
     assert "endpoint_url" not in text and '"secret"' not in text  # credentials never published

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import psutil
@@ -36,8 +37,11 @@ def test_up_serves_ui_and_ctrl_c_stops_everything(tmp_path):
                 pass
             assert time.time() < deadline, "api-server never answered"
             time.sleep(2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/leptonflow/", timeout=30) as r:
-            assert "leptonflow runs" in r.read().decode()  # the plugin's report app is mounted
+        try:  # the plugin's report app is mounted, and refuses anonymous callers
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/leptonflow/", timeout=30)
+            raise AssertionError("the report index answered without a login")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
         started = psutil.Process(proc.pid).children(recursive=True)
         assert len(started) >= 4  # api-server, scheduler, dag-processor, triggerer (and their children)
         old = _service(proc.pid, "triggerer")

@@ -23,7 +23,8 @@ def one_thread_per_rank(monkeypatch):
     """Ranks inherit OMP_NUM_THREADS=1: OpenMP spin-waits crawl on a shared, oversubscribed CPU."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
-PARAMS = {"epochs": 2, "batch_size": 256, "lr": 5e-3, "checkpoint_every": 10, "patience": 2, "seed": 3}
+PARAMS = {"epochs": 2, "batch_size": 256, "lr": 5e-3, "checkpoint_every": 10, "patience": 2, "seed": 3,
+          "min_steps": 0}  # epochs only: a known step count
 
 
 def train(ds: str, nproc: int, encrypt: bool, workers: int | None = None) -> tuple[StepContext, dict]:

@@ -27,7 +27,7 @@ def one_thread_per_rank(monkeypatch):
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"epochs": 2, "batch_size": 64, "lr": 3e-3, "checkpoint_every": 20, "patience": 3, "seed": 11,
-          "train_nproc": 1, "train_workers": 1, "encrypt": False}
+          "train_nproc": 1, "train_workers": 1, "encrypt": False, "min_steps": 0}  # epochs only: a known step count
 ROWS = {"train": 6000, "val": 1000, "test": 200}
 STEPS_PER_EPOCH = 6000 // 64 + 1
 

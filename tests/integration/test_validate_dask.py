@@ -20,6 +20,7 @@ from tasks.io import parquet as parquet_io
 from tasks.prep.datagen import FaultRates
 from tasks.validation import engine
 from tasks.validation.validate import QUARANTINE_STAGE, read_quarantine, run_clean, run_raw
+from tests.lake_files import committed_file
 from tests.unit.validate_data import SPEC, clean_table, commit_tables, context, raw_day, raw_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +104,7 @@ def test_raw_counts_on_worker_processes_equal_pandas_recount(tmp_path, cluster, 
     res = run_raw(context(tmp_path, D1, cluster, validation_policy="warn"))
     assert res["rows_validated"] == 60_000 and res["chunks"] == 8
     df = pd.concat([pd.read_parquet(p) for p in sorted(raw_dir(tmp_path).glob("*.parquet"))])
-    gx = json.loads((tmp_path / "lake/validation/events/ds=2026-11-01/raw/result.json").read_text())
+    gx = json.loads(committed_file(tmp_path / "lake", "validation", "events", D1, "raw/result.json").read_text())
     for r in gx["results"]:
         cfg, out = r["expectation_config"], r["result"]
         if cfg["type"] == "expect_column_values_to_not_be_null":

@@ -16,9 +16,11 @@ from distributed import LocalCluster
 from tasks import params
 from tasks.context import StepContext
 from tasks.io.code_version import code_version, imported_modules
+from tasks.io.lake import Lake
 from tasks.prep import clean, datagen
 from tasks.spec import spec_for
 from tasks.steps import STEPS
+from tests.keys import keyring_at
 
 REPO = Path(__file__).resolve().parents[2]
 CACHED = ("validate_raw", "clean", "split", "validate_clean", "secure", "train", "evaluate", "compress", "publish")
@@ -109,8 +111,8 @@ def test_clean_recomputes_when_an_anomaly_setting_changes(tmp_path, dask_address
     datagen.generate(str(lake), spec_for("events"), "2026-11-01", 1, 3_000, seed=4, files_per_day=1)
 
     def run(**overrides):
-        ctx = StepContext("events", "2026-11-01", lake_url=str(lake), keyring_path=str(tmp_path / "keys.json"),
-                          params={"encrypt": False, **overrides},
+        ctx = StepContext("events", "2026-11-01", lake_url=str(lake),
+                          keyring_path=keyring_at(tmp_path / "keys.json"), params={"encrypt": False, **overrides},
                           cluster={"backend": "address", "address": dask_address})
         return clean.run(ctx)
 
@@ -120,5 +122,6 @@ def test_clean_recomputes_when_an_anomaly_setting_changes(tmp_path, dask_address
     for name, value in (("anomaly_history_rows", 1000), ("anomaly_row_groups_per_interval", 2),
                         ("anomaly_min_history_rows", 50)):
         assert run(**{name: value})["cache_hit"] is False, name
-    manifest = json.loads((lake / "clean/events/ds=2026-11-01/_manifest.json").read_text())
+    committed = Lake(str(lake)).manifest_path("clean", "events", "2026-11-01")
+    manifest = json.loads(Path(committed).read_text())
     assert manifest["params"]["anomaly_min_history_rows"] == 50 and "epochs" not in manifest["params"]

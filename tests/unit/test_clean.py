@@ -20,6 +20,7 @@ from tasks.io.parquet import read_table
 from tasks.prep import clean, datagen
 from tasks.resources.step_metrics import StepMetrics
 from tasks.spec import spec_for
+from tests.keys import keyring_at
 
 SPEC = spec_for("events")
 DS = "2026-11-01"
@@ -34,7 +35,7 @@ def dask_address():
 
 
 def _ctx(tmp_path: Path, address: str, ds: str = DS, **params) -> StepContext:
-    return StepContext("events", ds, lake_url=str(tmp_path / "lake"), keyring_path=str(tmp_path / "keys.json"),
+    return StepContext("events", ds, lake_url=str(tmp_path / "lake"), keyring_path=keyring_at(tmp_path / "keys.json"),
                        params={"encrypt": False, **params}, cluster={"backend": "address", "address": address})
 
 
@@ -202,11 +203,11 @@ def test_cache_hit_does_no_work_and_param_change_replaces(tmp_path, dask_address
     datagen.generate(str(tmp_path / "lake"), SPEC, DS, 1, 5_000, seed=2, files_per_day=2)
     ctx = _ctx(tmp_path, dask_address)
     first = clean.run(ctx)
-    mpath = tmp_path / "lake/clean/events" / f"ds={DS}" / "_manifest.json"
-    before = mpath.read_bytes()
+    mpath = Path(ctx.lake.manifest_path("clean", "events", DS))  # in the committed version's folder
+    before, records = mpath.read_bytes(), len(ctx.lake.log("events", DS).records())
     again = clean.run(_ctx(tmp_path, dask_address))
     assert again["cache_hit"] is True and again["output_rows"] == first["output_rows"]
-    assert mpath.read_bytes() == before
+    assert mpath.read_bytes() == before and len(ctx.lake.log("events", DS).records()) == records  # nothing written
     # a cache hit must not even need a cluster
     assert clean.run(_ctx(tmp_path, "tcp://127.0.0.1:1"))["cache_hit"] is True
     # Params of other steps (DAG-wide) do not invalidate clean

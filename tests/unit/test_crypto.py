@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import stat
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,9 +12,10 @@ import pyarrow.parquet.encryption as pe
 import pytest
 
 from tasks.context import StepContext
+from tasks.errors import SettingError
 from tasks.io import parquet as parquet_io
 from tasks.io.lake import ManifestError
-from tasks.security import crypto, keyring
+from tasks.security import crypto, keyring, rotation
 from tasks.security.keyring import KeyringError
 from tests.unit.secure_data import commit_table, events
 
@@ -124,7 +126,7 @@ def test_worker_without_the_keyring_fails_instead_of_inventing_a_key(ctx, tmp_pa
 
 def test_wrong_key_material_for_the_id_is_a_clear_error(ctx, tmp_path):
     url, entry = _write(ctx, tmp_path)
-    other = keyring.Keyring.from_doc(keyring.load(ctx.keyring_path).to_doc())
+    other = keyring.load(ctx.keyring_path)
     other.master_keys[entry.key_id] = keyring.new_key()  # same id, different bytes
     other_path = tmp_path / "other.json"
     other.save(other_path)
@@ -181,7 +183,7 @@ def test_rotation_rewraps_without_rewriting_data(ctx, tmp_path, capsys, update_m
     sides_before = {p: Path(crypto.key_material_url(str(p))).read_bytes() for p in paths}
 
     argv = ["--keyring", ctx.keyring_path, "--lake", ctx.lake_url, "--dataset", "events"]
-    assert crypto.rotate_cli(argv + (["--update-manifests"] if update_manifests else [])) == 0
+    assert rotation.cli(argv + (["--update-manifests"] if update_manifests else [])) == 0
     out = json.loads(capsys.readouterr().out)
     fresh = StepContext(dataset="events", ds=DS)  # a new task sees the rotated keyring
     new_id = fresh.keys.active
@@ -212,7 +214,7 @@ def test_rotation_rewraps_without_rewriting_data(ctx, tmp_path, capsys, update_m
 
 def test_rotation_without_rewrap_keeps_old_files_readable(ctx, tmp_path):
     url, entry = _write(ctx, tmp_path)
-    assert crypto.rotate_cli(["--keyring", ctx.keyring_path]) == 0
+    assert rotation.cli(["--keyring", ctx.keyring_path]) == 0
     fresh = StepContext(dataset="events", ds=DS)
     assert fresh.keys.active != entry.key_id
     assert parquet_io.read_table(url, fresh.crypto()).num_rows == 2000  # old key still in the ring
@@ -222,7 +224,7 @@ def test_rotation_without_rewrap_keeps_old_files_readable(ctx, tmp_path):
     commit_table(fresh, "clean", {"": events(100, DS)}, ctx.crypto())  # a file still under the old key
     m, paths = _clean_files(fresh)
     assert crypto.file_key_ids(str(paths[0])) == {entry.key_id}
-    assert crypto.rotate_cli(["--keyring", ctx.keyring_path, "--rewrap-only", "--lake", ctx.lake_url]) == 0
+    assert rotation.cli(["--keyring", ctx.keyring_path, "--rewrap-only", "--lake", ctx.lake_url]) == 0
     assert crypto.file_key_ids(str(paths[0])) == {fresh.keys.active}
     assert keyring.load(ctx.keyring_path).master_keys.keys() == fresh.keys.master_keys.keys()
 
@@ -230,39 +232,40 @@ def test_rotation_without_rewrap_keeps_old_files_readable(ctx, tmp_path):
 def test_rotation_refuses_a_tampered_manifest(ctx):
     commit_table(ctx, "clean", {"": events(500, DS)}, ctx.crypto())
     m, paths = _clean_files(ctx)
-    mpath = Path(ctx.lake.interval_dir("clean", "events", DS)) / "_manifest.json"
+    mpath = Path(ctx.lake.manifest_path("clean", "events", DS))
     doc = json.loads(mpath.read_text())
     doc["files"][0]["rows"] += 1
     mpath.write_text(json.dumps(doc))
     side = Path(crypto.key_material_url(str(paths[0]))).read_bytes()
     with pytest.raises(ManifestError, match="signature"):
-        crypto.rotate_cli(["--keyring", ctx.keyring_path, "--lake", ctx.lake_url, "--dataset", "events"])
+        rotation.cli(["--keyring", ctx.keyring_path, "--lake", ctx.lake_url, "--dataset", "events"])
     assert Path(crypto.key_material_url(str(paths[0]))).read_bytes() == side
 
 
-def test_rotation_refuses_env_keyring(ctx, monkeypatch):
+def test_a_keyring_document_in_the_environment_is_refused(ctx, monkeypatch):
+    """It would reach every worker's environment: refused, naming the variable and the way out."""
     monkeypatch.setenv("LEPTONFLOW_KEYRING_JSON", json.dumps(ctx.keys.to_doc()))
-    with pytest.raises(crypto.CryptoError, match="LEPTONFLOW_KEYRING_JSON"):
-        crypto.rotate_cli(["--keyring", ctx.keyring_path])
+    with pytest.raises(SettingError, match="LEPTONFLOW_KEYRING_JSON.*0600 file.*LEPTONFLOW_KEYRING"):
+        StepContext(dataset="events", ds=DS)
 
 
-def test_env_keyring_is_used_by_tasks_and_workers_without_a_file(lf_home, tmp_path, monkeypatch):
-    ring = keyring.generate(tmp_path / "secret.json")  # what a secrets backend would hold
-    monkeypatch.setenv("LEPTONFLOW_KEYRING_JSON", json.dumps(ring.to_doc()))
-    ctx = StepContext(dataset="events", ds=DS)
+def test_a_keyring_document_reaches_tasks_and_workers_as_a_private_file(lf_home, tmp_path):
+    ring = keyring.generate(tmp_path / "secret.json")  # what a Connection / secrets backend would hold
+    path = keyring.private_copy(ring.to_doc())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert keyring.private_copy(ring.to_doc()) == path  # one copy per document, not one per task
+    ctx = StepContext(dataset="events", ds=DS, keyring_path=str(path))
     c = ctx.crypto()
-    assert c.key_id == ring.active and c.keyring_path == ""
+    assert c.key_id == ring.active and c.keyring_path == str(path)
     url, entry = _write(ctx, tmp_path)
     assert entry.key_id == ring.active
     assert parquet_io.read_table(url, pickle.loads(pickle.dumps(c))).num_rows == 2000
-    assert not Path(ctx.keyring_path).exists()  # no file keyring was invented next to the env one
-    monkeypatch.delenv("LEPTONFLOW_KEYRING_JSON")
-    with pytest.raises(parquet_io.ParquetReadError, match=rf"{url}: cannot decrypt: no keyring at"):
-        parquet_io.read_table(url, c)
+    with pytest.raises(KeyringError, match="never pickled"):
+        pickle.dumps(ctx.keys)
 
 
 def test_wrapped_keys_are_bound_to_role_and_key_id(tmp_path):
-    ring = keyring.load(tmp_path / "k.json", use_env=False)
+    ring = keyring.generate(tmp_path / "k.json")
     first = ring.active
     second = keyring.add_master_key(ring)
     dek = bytes(range(32))

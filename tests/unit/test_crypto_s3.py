@@ -13,7 +13,7 @@ from moto.server import ThreadedMotoServer
 
 from tasks.context import StepContext
 from tasks.io import parquet as parquet_io
-from tasks.security import crypto, keyring, secure
+from tasks.security import crypto, keyring, rotation, secure
 from tests.unit.secure_data import commit_table, events
 
 DS = "2026-11-03"
@@ -53,7 +53,7 @@ def test_encrypted_lake_on_s3_verifies_and_rotates(s3_lake):
     ring = ctx.keys
     keyring.add_master_key(ring)
     ring.save()
-    summary = crypto.rotate_lake(s3_lake, ring, "events")
+    summary = rotation.rotate_lake(s3_lake, ring, "events")
     assert summary["files"] == 1 and summary["manifests"] == 1
     assert parquet_io.sha256_of(url) == before
     assert crypto.file_key_ids(url) == {ring.active}

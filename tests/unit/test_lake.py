@@ -10,7 +10,7 @@ import pytest
 from tasks.io.code_version import code_version
 from tasks.io.lake import MANIFEST, Lake, Manifest, ManifestError
 from tasks.io.parquet import ParquetReadError, read_table, sha256_of, write_table, write_tables
-from tasks.security.keyring import load as load_keyring
+from tasks.security.keyring import generate as load_keyring
 from tasks.security.signing import signer_for, verifier_for
 
 
@@ -51,7 +51,8 @@ def test_uncommitted_version_is_invisible(lake):
 
 def test_edited_manifest_fails_signature(lake):
     _commit(lake, "2026-11-01", 3)
-    path = f"{lake.interval_dir('clean', 'events', '2026-11-01')}/{MANIFEST}"
+    path = lake.manifest_path("clean", "events", "2026-11-01")
+    assert path.endswith(f"/v={lake.require('clean', 'events', '2026-11-01').version}/{MANIFEST}")
     doc = json.loads(open(path).read())
     doc["rows"] = 4
     open(path, "w").write(json.dumps(doc))

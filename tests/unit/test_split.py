@@ -16,6 +16,7 @@ from tasks.io.parquet import read_table
 from tasks.prep import clean, datagen, features, split
 from tasks.prep import split as split_assign
 from tasks.spec import spec_for
+from tests.keys import keyring_at
 
 SPEC = spec_for("events")
 DS = "2026-11-01"
@@ -29,7 +30,7 @@ def dask_address():
 
 
 def _ctx(tmp_path: Path, address: str, **params) -> StepContext:
-    return StepContext("events", DS, lake_url=str(tmp_path / "lake"), keyring_path=str(tmp_path / "keys.json"),
+    return StepContext("events", DS, lake_url=str(tmp_path / "lake"), keyring_path=keyring_at(tmp_path / "keys.json"),
                        params={"encrypt": False, **params}, cluster={"backend": "address", "address": address})
 
 
@@ -156,11 +157,11 @@ def test_clean_and_split_write_encrypted_files_inside_tasks(tmp_path, dask_addre
     monkeypatch.setenv("LEPTONFLOW_KEYRING", str(tmp_path / "keys.json"))
     monkeypatch.delenv("LEPTONFLOW_KEYRING_JSON", raising=False)
     datagen.generate(str(tmp_path / "lake"), SPEC, DS, 1, 6_000, seed=8, files_per_day=2)
-    plain = StepContext("events", DS, lake_url=str(tmp_path / "plain"), keyring_path=str(tmp_path / "keys.json"),
+    plain = StepContext("events", DS, lake_url=str(tmp_path / "plain"), keyring_path=keyring_at(tmp_path / "keys.json"),
                         params={"encrypt": False}, cluster={"backend": "address", "address": dask_address})
     (tmp_path / "plain" / "raw").mkdir(parents=True)
     (tmp_path / "plain" / "raw" / "events").symlink_to(tmp_path / "lake" / "raw" / "events")
-    enc = StepContext("events", DS, lake_url=str(tmp_path / "lake"), keyring_path=str(tmp_path / "keys.json"),
+    enc = StepContext("events", DS, lake_url=str(tmp_path / "lake"), keyring_path=keyring_at(tmp_path / "keys.json"),
                       params={}, cluster={"backend": "address", "address": dask_address})
     crypto = enc.crypto()
     assert crypto is not None and pickle.loads(pickle.dumps(crypto)) == crypto  # travels to workers

@@ -13,6 +13,7 @@ from great_expectations.core import ExpectationSuiteValidationResult, Expectatio
 
 from tasks.validation import engine
 from tasks.validation.validate import QUARANTINE_STAGE, ValidationFailed, read_quarantine, run_raw
+from tests.lake_files import committed_file, doc_paths
 from tests.unit.validate_data import SPEC, ThreadCluster, context, raw_day, raw_dir
 
 DS = "2026-11-01"
@@ -29,8 +30,7 @@ def _by_type(result: dict, kind: str, column: str | None = None) -> list[dict]:
 
 
 def _gx_result(tmp_path, ds=DS) -> dict:
-    path = tmp_path / "lake" / "validation" / "events" / f"ds={ds}" / "raw" / "result.json"
-    return json.loads(path.read_text())
+    return json.loads(committed_file(tmp_path / "lake", "validation", "events", ds, "raw/result.json").read_text())
 
 
 def test_merged_counts_equal_duckdb_recount(tmp_path, addr, monkeypatch):
@@ -117,10 +117,11 @@ def test_data_docs_committed(tmp_path, addr):
     ctx = context(tmp_path, DS, addr, gx_data_docs=True)
     res = run_raw(ctx)
     m = ctx.lake.require("validation", "events", DS)  # signed manifest, verified on read
-    assert {f.path for f in m.files} >= {"raw/index.html", "raw/result.json", "raw/gx.html"}
-    html = (tmp_path / "lake" / "validation" / "events" / f"ds={DS}" / "raw" / "index.html").read_text()
+    assert doc_paths({f.path for f in m.files}) >= {"raw/index.html", "raw/result.json", "raw/gx.html"}
+    assert all(f.path.startswith(f"v={m.version}/raw/") for f in m.files)  # pages in the run's own version
+    html = committed_file(tmp_path / "lake", "validation", "events", DS, "raw/index.html").read_text()
     assert "PASSED" in html and "expect_column_values_to_not_be_null" in html and "<script" not in html
-    assert res["data_docs"].endswith("validation/events/ds=2026-11-01/raw/index.html")
+    assert res["data_docs"].endswith(f"validation/events/ds=2026-11-01/v={m.version}/raw/index.html")
     assert _gx_result(tmp_path)["statistics"]["evaluated_expectations"] == res["evaluated_expectations"]
 
 
@@ -224,7 +225,7 @@ def test_warn_policy_returns_failure_and_docs(tmp_path, addr):
     raw_day(tmp_path, rows=4_000, faults=_heavy_price_faults())
     res = run_raw(context(tmp_path, DS, addr, validation_policy="warn"))
     assert res["success"] is False and _by_type(res, "expect_column_values_to_be_between", "price")
-    html = (tmp_path / "lake" / "validation" / "events" / f"ds={DS}" / "raw" / "index.html").read_text()
+    html = committed_file(tmp_path / "lake", "validation", "events", DS, "raw/index.html").read_text()
     assert "FAILED" in html
 
 

@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.validation.validate import ValidationFailed, run_clean, run_raw
+from tests.lake_files import committed_file, doc_paths
 from tests.unit.validate_data import ThreadCluster, clean_table, commit_tables, context, raw_day
 
 D1, D2 = "2026-11-01", "2026-11-02"
@@ -40,7 +41,7 @@ def test_clean_passes_and_drift_needs_a_previous_interval(tmp_path, addr):
     res = run_clean(ctx)
     assert res["success"] is True and res["rows_validated"] == 6_000
     assert res["drift"]["previous_ds"] is None and res["drift"]["failing"] == []
-    assert res["data_docs"].endswith("validation/events/ds=2026-11-01/clean/index.html")
+    assert res["data_docs"].endswith("/clean/index.html") and "validation/events/ds=2026-11-01/v=" in res["data_docs"]
 
 
 def test_no_drift_between_similar_intervals(tmp_path, addr):
@@ -144,15 +145,15 @@ def test_validation_manifest_keeps_both_suites(tmp_path, addr):
     _commit_clean(ctx, D1, n=2_000)
     run_clean(ctx)
     m = ctx.lake.require("validation", "events", D1)
-    paths = {f.path for f in m.files}
+    paths = doc_paths({f.path for f in m.files})  # each suite's pages stay in the version they were committed in
     assert {"raw/index.html", "clean/index.html", "raw/result.json", "clean/result.json"} <= paths
     assert "raw/gx.html" not in paths  # GX's CDN-styled page only with Param gx_data_docs
-    assert "gx.html" not in (tmp_path / "lake/validation/events/ds=2026-11-01/raw/index.html").read_text()
+    assert "gx.html" not in committed_file(tmp_path / "lake", "validation", "events", D1, "raw/index.html").read_text()
     assert set(m.extra["suites"]) == {"raw", "clean"}
 
 
-def test_drift_baseline_stored_profile_equals_recomputed(tmp_path, addr):
-    import shutil
+def test_drift_baseline_stored_profile_equals_recomputed(tmp_path, addr, monkeypatch):
+    from tasks.validation import validate
 
     ctx1 = context(tmp_path, D1, addr)
     _commit_clean(ctx1, D1, seed=1)
@@ -161,8 +162,8 @@ def test_drift_baseline_stored_profile_equals_recomputed(tmp_path, addr):
     _commit_clean(ctx2, D2, seed=2, price_mu=4.0, device_p=(0.3, 0.6, 0.1))
     stored = run_clean(ctx2)
     assert stored["drift"]["baseline"] == "stored profile"
-    shutil.rmtree(tmp_path / "lake" / "validation" / "events")  # no stored profile: re-read D1's files
-    again = run_clean(ctx2)
+    monkeypatch.setattr(validate, "_stored_profile", lambda *_: None)  # no stored profile: re-read D1's files
+    again = run_clean(context(tmp_path, D2, addr, validation_policy="warn", rerun="recompute"))
     assert again["drift"]["baseline"] == "recomputed"
     assert again["drift"]["columns"] == stored["drift"]["columns"] and stored["drift"]["failing"]
 
@@ -174,7 +175,7 @@ def test_statistics_settle_int_and_timestamp_ranges_without_reading(tmp_path, ad
     t = clean_table(3_000, 1, D1)
     commit_tables(ctx.lake, "clean", D1, [(t, "")], row_group_rows=500)
     run_clean(ctx)
-    doc = json.loads((tmp_path / "lake/validation/events/ds=2026-11-01/clean/result.json").read_text())
+    doc = json.loads(committed_file(tmp_path / "lake", "validation", "events", D1, "clean/result.json").read_text())
     between = {
         r["expectation_config"]["kwargs"]["column"]: r["result"]
         for r in doc["results"]

@@ -15,6 +15,7 @@ from tasks.io import parquet as parquet_io
 from tasks.io.lake import Lake, Manifest
 from tasks.prep import datagen
 from tasks.spec import spec_for
+from tests.keys import keyring_at
 
 SPEC = spec_for("events")
 DEVICES = ["desktop", "mobile", "tablet"]
@@ -85,7 +86,7 @@ def context(tmp_path: Path, ds: str, address: str, **params: Any) -> StepContext
         dataset="events",
         ds=ds,
         lake_url=str(tmp_path / "lake"),
-        keyring_path=str(tmp_path / "keys" / "keyring.json"),
+        keyring_path=keyring_at(tmp_path / "keys" / "keyring.json"),
         params=params,
         cluster={"backend": "address", "address": address},
         history_url=f"sqlite:///{tmp_path}/h.db",
