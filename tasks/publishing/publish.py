@@ -40,8 +40,8 @@ extra or the env var ``LEPTONFLOW_ARTIFACTS_OPTIONS`` (a JSON object passed to f
 
 ``python -m tasks verify-artifact <url> --public-key FILE`` checks an artifact folder (or a
 ``models/<name>`` folder, following ``latest.json``) and exits non-zero naming the first
-file that fails. :func:`load_published` verifies first, then loads the TorchScript export
-from the verified bytes (no pickle).
+file that fails. :func:`load_published` verifies first, then loads the ONNX export into
+onnxruntime from the verified bytes (no pickle).
 """
 
 from __future__ import annotations

@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 DATASET = "events"
 CACHED_STAGES = ("clean", "quarantine", "split", "model", "evaluation", "compressed")
 # Measurements of the run (time, throughput), not outputs of the data.
-RUN_FACTS = {"train_samples_per_s", "peak_gpu_mem_bytes", "wall_s", "latency_b1_ms", "latency_b256_ms"}
+RUN_FACTS = {"train_samples_per_s", "peak_gpu_mem_bytes", "wall_s", "latency_b1_ms", "latency_b256_ms",
+             "latency_b1_p99_ms", "latency_b256_p99_ms"}
 # Files whose bytes must be equal: the weights, the serving export, the metrics (every candidate's size too:
-# TorchScript archives carry no call stack of the exporting process, tasks.compression.export).
+# ONNX exports carry no call stack of the exporting process, tasks.compression.export).
 SAME_BYTES = {"model": ("model.pt",), "evaluation": ("metrics.json",),
               "compressed": ("model.pt", "model.onnx", "compression.json")}
 
