@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         keyring.generate(f"{home}/keys/keyring.json")  # explicitly: tasks never create a keyring
         params = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 2e-3, "hidden": "64,32",
                   "dropout": 0.0, "patience": args.epochs, "seed": 1, "checkpoint_every": 10**9,
-                  "train_nproc": args.nproc, "encrypt": True}
+                  "train_nproc": args.nproc, "encrypt": True, "min_steps": 0}  # the epochs asked for, no more
         split = None
         bare: list[tuple[float, float]] = []
         ours: dict[str, list[tuple[float, float]]] = {}
