@@ -68,3 +68,35 @@ def test_tasks_never_imports_airflow():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] == "airflow" for n in names), path
+
+
+def _env_reads(tree: ast.AST) -> list[str]:
+    """Names read as os.environ.get("X"), os.environ["X"] or os.getenv("X") in a parsed module."""
+
+    def is_environ(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+    names = []
+    for node in ast.walk(tree):
+        arg = None
+        if isinstance(node, ast.Subscript) and is_environ(node.value):
+            arg = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args and (
+                (node.func.attr == "get" and is_environ(node.func.value)) or node.func.attr == "getenv"):
+            arg = node.args[0]
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            names.append(arg.value)
+    return names
+
+
+def test_leptonflow_environment_is_read_only_in_context():
+    """LEPTONFLOW_* variables are read by tasks.context.Settings and nowhere below it."""
+    reads = {}
+    for path in (REPO / "tasks").rglob("*.py"):
+        if path == REPO / "tasks" / "context.py":
+            continue
+        names = [n for n in _env_reads(ast.parse(path.read_text())) if n.startswith("LEPTONFLOW_")]
+        if names:
+            reads[str(path.relative_to(REPO))] = names
+    assert reads == {}
+    assert "LEPTONFLOW_LAKE" in (REPO / "tasks" / "context.py").read_text()
