@@ -17,19 +17,17 @@ import json
 import logging
 import mimetypes
 import posixpath
-import re
 from collections.abc import Callable, Collection
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import fsspec
 
 from tasks.context import StepContext
-from tasks.errors import LeptonflowError
+from tasks.errors import LeptonflowError, UsageError
 from tasks.io import verified
 from tasks.io.lake import Manifest
-from tasks.spec import NAME_MAX, NAME_RE
+from tasks.spec import NAME_MAX, NAME_RE, parse_interval
 from tasks.validation.pii import mask_summary
 
 log = logging.getLogger(__name__)
@@ -40,7 +38,6 @@ STAGES = ("clean", "quarantine", "split", "validation", "secure", "model", "eval
 DOCS_STAGE = "validation"
 DOCS_SUFFIXES = (".html", ".json", ".png")
 # An interval as the lake names it: an ISO date or date-time (what StepContext parses), nothing else.
-INTERVAL_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T[0-9:.]{2,15}(?:Z|[+-]\d{2}:?\d{2})?)?")
 
 
 class ReportRequestError(LeptonflowError):
@@ -56,7 +53,7 @@ class NotInLake(ReportRequestError, LookupError):
 
 
 def check_request(dataset: str, ds: str) -> None:
-    """Refuse a dataset that is not a dataset name and an interval that is not an ISO date (or date-time).
+    """Refuse a dataset that is not a dataset name and an interval that is not an ISO date or hour.
 
     Raises:
         NotInLake: `dataset` cannot be a dataset (names are ``[a-z][a-z0-9_]*``, as DAG ids need).
@@ -65,11 +62,9 @@ def check_request(dataset: str, ds: str) -> None:
     if not NAME_RE.fullmatch(dataset) or len(dataset) > NAME_MAX:
         raise NotInLake(f"unknown dataset {dataset!r}")
     try:
-        ok = INTERVAL_RE.fullmatch(ds) is not None and datetime.fromisoformat(ds) is not None
-    except ValueError:
-        ok = False
-    if not ok:
-        raise MalformedRequest(f"interval {ds!r} is not an ISO date (YYYY-MM-DD) or date-time")
+        parse_interval(ds)  # the same interval grammar as the steps: an ISO date or an ISO hour
+    except UsageError:
+        raise MalformedRequest(f"interval {ds!r} is not an ISO date (YYYY-MM-DD) or hour (YYYY-MM-DDTHH)") from None
 
 
 def committed_intervals(url: str) -> list[tuple[str, str]]:

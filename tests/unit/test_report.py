@@ -115,9 +115,13 @@ def test_bad_url_parts_are_refused(lf_home, dataset, ds, error):
         report.collect(dataset, ds)
 
 
-def test_good_url_parts_pass():
-    for ds in ("2026-11-01", "2026-11-01T05:00:00", "2026-11-01T05:00:00+00:00"):
+def test_url_intervals_follow_the_steps_grammar():
+    """The page accepts exactly the interval names a step accepts (an ISO date or hour), nothing that 500s later."""
+    for ds in ("2026-11-01", "2026-11-01T05"):
         report.check_request("events", ds)
+    for ds in ("2026-11-01T05:00:00", "20261101", "2026-02-30"):
+        with pytest.raises(report.MalformedRequest, match="is not an ISO date"):
+            report.check_request("events", ds)
 
 
 def test_index_lists_only_dataset_intervals(lf_home):
