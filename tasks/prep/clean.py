@@ -63,7 +63,7 @@ from tasks.io.parquet import ParquetReadError, write_table, write_tables
 from tasks.prep import features
 from tasks.prep.split import GROUPS
 from tasks.prep.split import assign as split_assign
-from tasks.resources.cluster import client_for, describe, drain
+from tasks.resources.cluster import client_for, describe, drain, reachable_dashboard
 from tasks.resources.step_metrics import StepMetrics, cluster_metrics
 from tasks.spec import ColumnSpec, DatasetSpec
 
@@ -841,7 +841,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise
     log.info("clean %s ds=%s: %d in -> %d clean + %d rejected %s", ctx.dataset, ctx.ds, rows_in, rows_clean,
              rows_rejected, accounting["rejected_by_reason"])
-    return {"cache_hit": False, **result}
+    return {"cache_hit": False, **result, **reachable_dashboard(ctx.cluster, size)}  # not in the manifest: live
 
 
 def _anomaly_history(ctx: StepContext) -> list[tuple[str, str]]:

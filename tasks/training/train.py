@@ -118,6 +118,26 @@ def auto_workers(device: str, nproc: int) -> int:
     return max(1, min(4, (os.cpu_count() or 2) // max(1, nproc) - 1))
 
 
+def fmt_eta(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: a duration for a progress line."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress_line(done: int, epochs: int, samples_per_s: float, eta_s: float) -> str:
+    """Rank 0's line after each epoch (relayed into the task log by :func:`launch`):
+    ``progress: epoch 2/5 (40%), 12,345 samples/s, ETA 1m05s`` (the ETA assumes no early stop)."""
+    return (f"progress: epoch {done}/{epochs} ({100 * done / max(epochs, 1):.0f}%), "
+            f"{samples_per_s:,.0f} samples/s, ETA {fmt_eta(eta_s)}")
+
+
+PROGRESS_RE = r"progress: epoch (\d+)/(\d+) \((\d+)%\), ([\d,]+) samples/s, ETA (\d+s|\d+m\d\ds|\d+h\d\dm)"
+
+
 def checkpoint_url(lake: Lake, dataset: str, ds: str) -> str:
     return lake.full_url(f"{lake.interval_dir('model', dataset, ds)}/checkpoints")
 
@@ -501,8 +521,10 @@ class Trainer:
         hp, st = self.hp, self.state
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
         speeds: list[float] = []
+        epoch_walls: list[float] = []  # this run's epochs, validation included: the ETA of the rest
         while st["epoch"] < self.sizing.epochs and not st["stopped_early"]:
             epoch = st["epoch"]
+            epoch_t0 = time.perf_counter()
             ds = self.dataset("train", epoch, st["step_in_epoch"])
             steps = ds.steps_per_epoch()
             if steps == 0:
@@ -557,10 +579,14 @@ class Trainer:
                 "rank0_samples_per_cpu_s": samples / max(cpu, 1e-9),
                 "lr": self.opt.param_groups[0]["lr"],
             })
+            epoch_walls.append(time.perf_counter() - epoch_t0)
             if self.rank == 0:
                 log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s, %.0f samples/s", epoch + 1,
                          self.sizing.epochs, st["history"][-1]["train_loss"], val_loss, self.metric, val_metric,
                          " (best)" if better else "", speed)
+                left = self.sizing.epochs - (epoch + 1)
+                log.info("%s", progress_line(epoch + 1, self.sizing.epochs, speed,
+                                             left * sum(epoch_walls) / len(epoch_walls)))
             st.update(epoch=epoch + 1, step_in_epoch=0)
             if st["bad_epochs"] > hp["patience"] - 1 and hp["patience"] > 0:
                 st["stopped_early"] = True

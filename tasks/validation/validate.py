@@ -35,7 +35,7 @@ from tasks.context import StepContext
 from tasks.errors import LeptonflowError
 from tasks.io.code_version import code_version
 from tasks.io.lake import Manifest, fingerprint
-from tasks.resources.cluster import client_for, describe
+from tasks.resources.cluster import client_for, describe, reachable_dashboard
 from tasks.resources.step_metrics import StepMetrics, cluster_metrics
 from tasks.validation import datadocs, engine, suites
 from tasks.validation.partials import HIST_BINS, exp_columns, quarantine_chunk
@@ -262,7 +262,8 @@ def run_raw(ctx: StepContext) -> dict[str, Any]:
             extra["quarantine"] = _quarantine(ctx, client, outcome, ctx.crypto())
         size = describe(client)
     metrics = _metrics(outcome, sum(lake.fs.size(p) for p in paths), size)
-    return {**_finish(ctx, "raw", outcome, policy, fp, extra), **metrics.to_json()}
+    return {**_finish(ctx, "raw", outcome, policy, fp, extra), **metrics.to_json(),
+            **reachable_dashboard(ctx.cluster, size)}
 
 
 def _bounds(ctx: StepContext) -> dict[str, tuple[float, float]]:
@@ -363,7 +364,7 @@ def run_clean(ctx: StepContext) -> dict[str, Any]:
         extra_files={PROFILE_FILE: _profile_bytes(outcome.merged["profile"])},
         suite_extra={"profile_of": clean.digest(), "profile_key": pkey},
     )
-    return {**summary, **metrics.to_json()}
+    return {**summary, **metrics.to_json(), **reachable_dashboard(ctx.cluster, size)}
 
 
 def read_quarantine(ctx: StepContext) -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -13,6 +15,8 @@ from urllib.parse import quote
 import pytest
 
 from tasks.io.lake import Lake
+from tasks.prep import datagen
+from tasks.spec import spec_for
 from tests.conftest import REPO
 from tests.e2e.conftest import DAG_ID, day, failed_logs
 
@@ -21,6 +25,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 SHOTS = Path(os.environ.get("LEPTONFLOW_TEST_ARTIFACTS", REPO / "test-artifacts"))
+DOC_SHOTS = REPO / "docs" / "screenshots"  # the pictures the docs (and issue 23) point at
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +184,66 @@ def test_report_pages_need_a_login_and_refuse_crafted_paths(browser, page, airfl
     finally:
         for folder in hostile:
             shutil.rmtree(folder.parent if HOSTILE in folder.parent.name else folder, ignore_errors=True)
+
+
+# The steps of the trend page's quantities, for tiny intervals, in one process (a CLI call per step would
+# pay its start-up 44 times): what `python -m tasks <step> --validation-policy warn` does, step after step.
+_COMMIT_DAYS = """
+import json, sys
+from tasks import steps
+from tasks.context import StepContext
+for ds in sys.argv[1:]:
+    results = {}
+    for step in ("validate_raw", "clean", "split", "validate_clean"):
+        ctx = StepContext(dataset="events", ds=ds, params={"validation_policy": "warn"}, upstream=results)
+        results[step] = steps.run_step(step, ctx)
+    print(json.dumps({"ds": ds, "clean_ok": results["validate_clean"]["success"]}), flush=True)
+"""
+
+
+def test_trends_page_shows_intervals_and_a_failed_check(page, airflow_stack, tmp_path):
+    """Eleven tiny intervals committed into the stack's lake (one with drifted categories, so its clean
+    validation fails under policy warn); the logged-in trends page lists them all, that one in red."""
+    import json
+
+    lake = airflow_stack.env["LEPTONFLOW_LAKE"]
+    spec = spec_for("events")
+    good = [day(i) for i in range(45, 35, -1)]  # 10 days, older than any day the other tests use
+    drifted = day(35)
+    datagen.generate(lake, spec, good[0], len(good), 2_000, seed=21)
+    datagen.generate(lake, spec, drifted, 1, 2_000, seed=22, drift=1.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTONFLOW_")}
+    env.update({k: v for k, v in airflow_stack.env.items() if k.startswith("LEPTONFLOW_")},
+               PYTHONPATH=f"{REPO}:{REPO / 'plugins'}")
+    script = tmp_path / "commit_days.py"
+    script.write_text(_COMMIT_DAYS)
+    proc = subprocess.run([sys.executable, str(script), *good, drifted], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"ds"')]
+    committed = {r["ds"]: r["clean_ok"] for r in map(json.loads, lines)}
+    assert committed[drifted] is False and all(committed[d] for d in good), committed
+
+    page.goto(f"{airflow_stack.url}/leptonflow/trends/events?n=30", wait_until="networkidle")
+    rows = page.locator("table tr:has(td.ds)")
+    shown = rows.all_inner_texts()
+    assert rows.count() >= 11, shown
+    for ds in [*good, drifted]:
+        assert any(r.startswith(ds) for r in shown), ds
+    bad_row = page.locator(f"tr.bad:has(td.ds a:text-is('{drifted}'))")
+    assert bad_row.count() == 1
+    bad_cell = bad_row.locator("td.bad[title^='clean validation failed']")  # the clean check's column, in red
+    assert bad_cell.count() == 1 and bad_cell.inner_text() == "FAIL"
+    assert page.locator(".plots img").count() >= 6
+    assert bad_cell.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(253, 226, 226)"  # #fde2e2
+    DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+    for folder in (SHOTS, DOC_SHOTS):
+        page.screenshot(path=str(folder / "trends.png"), full_page=True)
+    bad_row.scroll_into_view_if_needed()
+    bad_row.evaluate("e => e.style.outline = '3px solid #c33'")
+    for folder in (SHOTS, DOC_SHOTS):
+        page.screenshot(path=str(folder / "trends-failed.png"))
+    # one click to the day's details
+    bad_row.locator("td.ds a").click()
+    page.wait_for_load_state("networkidle")
+    assert drifted in page.url and "rows in" in page.inner_text("body")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from tasks.io.parquet import read_table
 from tasks.steps import run_step
 from tasks.training.model import parse_hidden
 from tasks.training.predict import load_model, predict
-from tasks.training.train import checkpoint_url
+from tasks.training.train import PROGRESS_RE, checkpoint_url
 from tests.train_data import make_split
 
 
@@ -34,9 +36,18 @@ def train(ds: str, nproc: int, encrypt: bool, workers: int | None = None) -> tup
     return ctx, run_step("train", ctx)
 
 
-def test_two_gloo_ranks_match_one_rank(lf_home):
+def test_two_gloo_ranks_match_one_rank(lf_home, caplog):
     ctx1, r1 = train("2026-11-02", 1, encrypt=False)
-    ctx2, r2 = train("2026-11-03", 2, encrypt=True, workers=1)  # ranks' DataLoader workers decrypt
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tasks.training.train"):  # the ranks' output, as launch() relays it
+        ctx2, r2 = train("2026-11-03", 2, encrypt=True, workers=1)  # ranks' DataLoader workers decrypt
+    # rank 0 (only) logs one progress line per epoch, with samples/s and the ETA of the rest
+    progress = [r.getMessage() for r in caplog.records if "progress: epoch" in r.getMessage()]
+    assert len(progress) == 2 and all("[rank 0/2]" in line for line in progress), progress
+    found = [re.search(PROGRESS_RE, line) for line in progress]
+    assert all(found), progress
+    assert [m.group(1, 2, 3) for m in found] == [("1", "2", "50"), ("2", "2", "100")]
+    assert all(int(m.group(4).replace(",", "")) > 0 for m in found) and found[-1].group(5) == "0s"
     assert (r1["workers"], r2["workers"], r1["device"], r2["device"]) == (1, 2, "cpu", "cpu")
     split2 = ctx2.lake.require("split", "events", "2026-11-03")
     assert all(f.key_id for f in split2.files)

@@ -103,6 +103,7 @@ def test_raw_counts_on_worker_processes_equal_pandas_recount(tmp_path, cluster, 
     monkeypatch.setattr(engine, "CHUNK_ROWS", 10_000)
     res = run_raw(context(tmp_path, D1, cluster, validation_policy="warn"))
     assert res["rows_validated"] == 60_000 and res["chunks"] == 8
+    assert res["dashboard"].startswith("http://") and res["dashboard"].endswith("/status")  # a standing cluster
     df = pd.concat([pd.read_parquet(p) for p in sorted(raw_dir(tmp_path).glob("*.parquet"))])
     gx = json.loads(committed_file(tmp_path / "lake", "validation", "events", D1, "raw/result.json").read_text())
     for r in gx["results"]:
@@ -131,6 +132,7 @@ def test_encrypted_clean_uniqueness_and_drift(tmp_path, cluster):
     assert f["expect_column_values_to_be_unique"]["unexpected_count"] == int(counts[counts > 1].sum()) == 2_000
     assert res["drift"]["failing"] == ["price"] and res["drift"]["columns"]["price"]["psi"] > 0.25
     assert res["rows_validated"] == 30_000
+    assert res["dashboard"].startswith("http://")  # for the task's "Dask dashboard" link
 
 
 def test_quarantine_files_are_encrypted_and_committed(tmp_path, cluster):

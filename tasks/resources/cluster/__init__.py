@@ -42,7 +42,7 @@ from tasks.resources.cluster.local import LocalBackend, host_cpus
 __all__ = [
     "BACKENDS", "AddressBackend", "ArrowThreads", "ClusterBackend", "ClusterBackendError", "ClusterPlan",
     "GatewayBackend", "LocalBackend", "as_plan", "backend_for", "client_for", "current_workers", "describe",
-    "host_cpus", "resize",
+    "host_cpus", "reachable_dashboard", "resize",
 ]
 
 BACKENDS: dict[str, type[ClusterBackend]] = {cls.name: cls for cls in (LocalBackend, AddressBackend, GatewayBackend)}
@@ -70,6 +70,18 @@ def client_for(config: Mapping[str, Any] | None,
                plan: ClusterPlan | Mapping[str, Any] | None = None) -> AbstractContextManager[Client]:
     """A connected Dask client for `config`, sized by `plan` where the backend can size (a context manager)."""
     return backend_for(config).connect(plan)
+
+
+def reachable_dashboard(config: Mapping[str, Any] | None, size: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{"dashboard": URL}`` for a step result when the cluster outlives the step (its Dask dashboard can
+    still be opened from the task's link), else ``{}``: a ``local`` backend's cluster dies with the step.
+    `size` is :func:`describe`'s answer while connected."""
+    link = (size or {}).get("dashboard")
+    try:
+        standing = backend_for(config).has_standing_cluster
+    except ClusterBackendError:
+        return {}
+    return {"dashboard": str(link)} if standing and link else {}
 
 
 def resize(config: Mapping[str, Any] | None, workers: int) -> bool:
