@@ -30,7 +30,6 @@ from typing import Any
 import boto3
 import fsspec
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tasks.errors import FencedError
 from tasks.io import verified
@@ -39,6 +38,7 @@ from tasks.prep import datagen
 from tasks.security import signing
 from tasks.spec import spec_for
 from tests.keys import keyring_at
+from tests.moto_server import moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = Path(os.environ.get("LF_FAULTS_CODE") or REPO)  # whose `python -m tasks` the cases run
@@ -320,12 +320,8 @@ def moto_endpoint():
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server._server.server_port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

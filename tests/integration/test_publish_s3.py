@@ -6,13 +6,13 @@ import json
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer  # needs moto's server extras (flask, flask-cors)
 
 from tasks.compression import compress
 from tasks.context import StepContext
 from tasks.io.lake import Manifest
 from tasks.publishing import publish
 from tasks.training.metrics import metric_value
+from tests.moto_server import moto_server
 from tests.unit.tabular_toy import ToyTabular, make_data, train_toy
 
 DS = "2026-11-04"
@@ -24,15 +24,10 @@ def s3(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    with moto_server() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket="models")
         yield endpoint, client
-    finally:
-        server.stop()
 
 
 def test_publish_verify_and_refuse_tampering_on_s3(lf_home, s3, capsys):

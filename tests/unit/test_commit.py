@@ -20,7 +20,6 @@ import boto3
 import fsspec
 import pyarrow as pa
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tasks.context import StepContext
 from tasks.errors import CommitConflict, FencedError, ManifestError, StorageError, UsageError
@@ -30,6 +29,7 @@ from tasks.io.parquet import write_table
 from tasks.security import signing
 from tasks.security.keyring import generate
 from tasks.spec import parse_interval
+from tests.moto_server import moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "2026-11-01"
@@ -54,12 +54,8 @@ def s3_endpoint():
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server._server.server_port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from __future__ import annotations
 import boto3
 import fsspec
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tasks.context import StepContext
 from tasks.io import parquet as parquet_io
 from tasks.security import crypto, keyring, rotation, secure
+from tests.moto_server import moto_server
 from tests.unit.secure_data import commit_table, events
 
 DS = "2026-11-03"
@@ -24,16 +24,11 @@ def s3_lake(lf_home, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    with moto_server() as endpoint:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="lake")
         # lake code opens plain URLs: the endpoint comes from fsspec's config, as in a deployment
         monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint, "skip_instance_cache": True})
         yield "s3://lake/root"
-    finally:
-        server.stop()
 
 
 def test_encrypted_lake_on_s3_verifies_and_rotates(s3_lake):

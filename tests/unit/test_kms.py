@@ -13,13 +13,13 @@ import pickle
 import boto3
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from tasks.context import Settings, StepContext
 from tasks.errors import KeyringError, SettingError
 from tasks.io import parquet as parquet_io
 from tasks.security import crypto, keyring, rotation, secure
 from tasks.security.kms import AwsKms, KmsConfig
+from tests.moto_server import moto_server
 from tests.unit.secure_data import commit_table, events, secured_interval
 
 DS = "2026-11-03"
@@ -31,17 +31,12 @@ def kms(lf_home, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    with moto_server() as endpoint:
         requests.post(f"{endpoint}/moto-api/reset", timeout=30)  # moto's state is per process: start empty
         client = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1")
         key_id = client.create_key(Description="leptonflow test")["KeyMetadata"]["KeyId"]
         client.create_alias(AliasName="alias/leptonflow", TargetKeyId=key_id)
         yield {"backend": "aws-kms", "key_id": "alias/leptonflow", "region": "us-east-1", "endpoint_url": endpoint}
-    finally:
-        server.stop()
 
 
 def _kms_keyring(lf_home, kms) -> str:
