@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -169,7 +170,7 @@ def required_url(conn: Any, extra: Mapping[str, Any], what: str, example: str = 
     return url.strip()
 
 
-class LeptonflowConnectionHook(BaseHook, Generic[ConfigT]):
+class LeptonflowConnectionHook(BaseHook, ABC, Generic[ConfigT]):
     """Reads one Connection and turns it into a config object; subclasses say how in ``parse``.
 
     Args:
@@ -215,9 +216,9 @@ class LeptonflowConnectionHook(BaseHook, Generic[ConfigT]):
         log.debug("Connection %s is not defined: using the default", self.conn_id)
         return None
 
+    @abstractmethod
     def parse(self, conn: Any) -> ConfigT:
         """The config of the Airflow Connection `conn`; raises ConnectionConfigError when it cannot be used."""
-        raise NotImplementedError
 
 
 class LakeHook(LeptonflowConnectionHook[LakeConfig]):
